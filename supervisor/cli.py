@@ -1,0 +1,266 @@
+"""Command lines: ``localai-supervisor`` (the daemon, the demo) and ``supervisorctl``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import __version__
+from .settings import DEFAULT_SETTINGS_FILE, ENV_PREFIX, Settings, SettingsError, load_settings
+
+# supervisorctl exit codes (documented in --help and the README).
+CTL_OK, CTL_UNHEALTHY, CTL_ERROR, CTL_UNREACHABLE = 0, 1, 2, 3
+
+
+def _settings_path(arg: str | None) -> tuple[Path, bool]:
+    """The settings file to read, and whether it must exist (named explicitly)."""
+    if arg:
+        return Path(arg), True
+    env = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if env:
+        return Path(env), True
+    return DEFAULT_SETTINGS_FILE, False
+
+
+async def _serve(daemon: Any) -> Callable[[], Awaitable[None]]:
+    from .api import start_api
+    from .control import start_control
+
+    sup = daemon.settings.supervisor
+    closers = [await start_control(daemon, sup.control_socket, sup.control_socket_group)]
+    if sup.status_api:
+        closers.append(await start_api(daemon, sup.status_api))
+
+    async def close() -> None:
+        for c in reversed(closers):
+            await c()
+
+    return close
+
+
+def run_daemon(settings: Settings, settings_file: Path | None) -> int:
+    from . import logs
+    from .daemon import Daemon
+
+    logs.configure(settings.supervisor.log_format, settings.supervisor.log_level)
+    return asyncio.run(Daemon(settings, settings_file=settings_file).run(servers=_serve))
+
+
+def daemon_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="localai-supervisor",
+        description="Keep a local LLM server (LocalAI or llama.cpp's llama-server) running: "
+        "watch its model config, restart it onto valid configurations only, probe it, and "
+        "restart it with backoff when it fails.",
+        epilog=f"Settings: a TOML file (default {DEFAULT_SETTINGS_FILE}) under environment "
+        f"variables {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}SERVER__ENGINE=llama-server. "
+        "Exit codes: 0 stopped cleanly, 1 runtime error, 2 invalid settings or model config.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help=f"settings file (default {DEFAULT_SETTINGS_FILE}, or "
+                        f"${ENV_PREFIX}CONFIG; a missing default file means all defaults)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the daemon (the default)")
+    demo = sub.add_parser(
+        "demo", help="run the embedded default: llama-server as a child process on two tiny "
+        "generated models, no Docker; prints status and a chat completion")
+    demo.add_argument("--dir", type=Path, default=None,
+                      help="where the demo keeps models, config and state "
+                      "(default ~/.local/state/localai-supervisor-demo)")
+    demo.add_argument("--port", type=int, default=40080, help="server port (default 40080)")
+    demo.add_argument("--status-port", type=int, default=40081,
+                      help="status API port (default 40081)")
+    demo.add_argument("--once", action="store_true",
+                      help="stop after the first chat completions instead of running on")
+    sub.add_parser("render", help="print the server spec the current settings and model "
+                   "config would run (nothing is started)")
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from .demo import run_demo
+
+        sys.exit(run_demo(args.dir, args.port, args.status_port, once=args.once))
+
+    path, required = _settings_path(args.config)
+    try:
+        settings = load_settings(path, required=required)
+    except SettingsError as exc:
+        print(f"localai-supervisor: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.command == "render":
+        sys.exit(_render(settings))
+    sys.exit(run_daemon(settings, path if path.exists() else None))
+
+
+def _render(settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from .engines import engine_for
+    from .modelconfig import ConfigRejected, load_model_set
+    from .runtime import program_for
+    from .spec import build_spec
+
+    engine = engine_for(settings.server.engine)
+    try:
+        models = load_model_set(settings.server.model_config_file, settings.server.models_dir)
+    except ConfigRejected as exc:
+        for p in exc.problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 2
+    spec, launch = build_spec(settings, models, engine, program_for(settings, engine))
+    out = asdict(spec)
+    out["digest"] = spec.digest()
+    out["dropped_fields"] = {name: list(f) for name, f in launch.dropped}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+# ---- supervisorctl ------------------------------------------------------------------------
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
+               timeout: float = 90.0) -> dict[str, Any]:
+    """One request to the control socket; raises CtlError with the exit code to use."""
+    connector = aiohttp.UnixConnector(path=str(socket))
+    try:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as http:
+            method = "GET" if command == "status" else "POST"
+            async with http.request(method, f"http://supervisor/v1/{command}",
+                                    json=body) as resp:
+                data: dict[str, Any] = await resp.json()
+                return data
+    except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError) as exc:
+        raise CtlError(f"cannot reach the daemon at {socket} ({exc.__class__.__name__}); is "
+                       "localai-supervisor running? (systemctl status localai-supervisor)",
+                       CTL_UNREACHABLE) from exc
+    except PermissionError as exc:
+        raise CtlError(f"permission denied on {socket}: run as root or as a member of the "
+                       "socket's group", CTL_UNREACHABLE) from exc
+    except TimeoutError as exc:
+        raise CtlError(f"the daemon did not answer within {timeout:g}s", CTL_ERROR) from exc
+
+
+def _fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def render_status(st: dict[str, Any], tty: bool) -> str:
+    """Human status: aligned on a terminal, tab-separated when piped."""
+    inst = st.get("instance") or {}
+    cfg = st.get("config") or {}
+    rows = [
+        ("state", st["state"] + (f" ({st['reason']})" if st.get("reason")
+                                 and st["state"] not in ("RUNNING",) else "")),
+        ("since", _fmt_seconds(st.get("since_seconds"))),
+        ("engine", f"{st['engine']} on {st['runtime']}"
+         + ("" if st.get("runtime_connected", True) else " (engine unreachable)")),
+        ("server", st.get("server_url", "-")),
+        ("instance", f"{str(inst.get('id', '-'))[:12]} pid {inst.get('pid') or '-'}"
+         if inst else "-"),
+        ("uptime", _fmt_seconds(st.get("uptime_seconds"))),
+        ("restarts", str(st.get("restarts", 0))),
+        ("config", f"{cfg.get('file')} revision {cfg.get('revision') or '-'}"),
+    ]
+    if st.get("retry_in_seconds") is not None:
+        rows.append(("retry in", _fmt_seconds(st["retry_in_seconds"])))
+    rejected = cfg.get("rejected")
+    if rejected:
+        rows.append(("REJECTED", "latest config change not applied:"))
+        rows.extend(("", err) for err in rejected["errors"])
+    sep = "\t"
+    lines = []
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        lines.append(f"{key:<{width}}  {value}" if tty else f"{key}{sep}{value}")
+    models = st.get("models") or []
+    if models:
+        table = [("MODEL", "FILE", "LISTED", "STATE")] + [
+            (m["name"], m.get("file") or "-", "yes" if m.get("listed") else "no",
+             m.get("state") or "-") for m in models
+        ]
+        widths = [max(len(r[i]) for r in table) for i in range(4)]
+        lines.append("")
+        for r in table:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                         if tty else sep.join(r))
+    return "\n".join(lines)
+
+
+def ctl_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="supervisorctl",
+        description="Control a running localai-supervisor through its control socket.",
+        epilog="Exit codes: 0 ok, 1 server not healthy (status) or request refused, "
+        "2 error, 3 daemon not reachable.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-s", "--socket", type=Path, default=None,
+                        help="control socket (default: from the settings file, "
+                        "/run/localai-supervisor/control.sock)")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help=f"settings file to read the socket path from "
+                        f"(default {DEFAULT_SETTINGS_FILE})")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="server state, instance, config revision, models")
+    sub.add_parser("reload", help="re-read settings and model config and apply them; returns "
+                   "when applied or rejected (with the reason)")
+    sub.add_parser("restart", help="restart the server now (also leaves FATAL)")
+    args = parser.parse_args(argv)
+
+    socket = args.socket
+    if socket is None:
+        path, required = _settings_path(args.config)
+        try:
+            socket = load_settings(path, required=required).supervisor.control_socket
+        except SettingsError as exc:
+            print(f"supervisorctl: {exc}", file=sys.stderr)
+            sys.exit(CTL_ERROR)
+    try:
+        result = asyncio.run(call(socket, args.command))
+    except CtlError as exc:
+        print(f"supervisorctl: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    if args.command == "status":
+        if not args.json:
+            print(render_status(result, sys.stdout.isatty()))
+        sys.exit(CTL_OK if result.get("state") == "RUNNING" else CTL_UNHEALTHY)
+    if result.get("ok", result.get("applied")) is False:
+        if not args.json:
+            errors = result.get("errors") or [result.get("error", "refused")]
+            print(f"supervisorctl: {args.command} refused: " + "; ".join(errors),
+                  file=sys.stderr)
+        sys.exit(CTL_UNHEALTHY)
+    if not args.json:
+        if args.command == "reload":
+            what = "restarting onto" if result.get("restarting") else "unchanged at"
+            print(f"reload applied: {what} revision {result.get('revision')}")
+        else:
+            print(f"restart requested (state {result.get('state')})")
+    sys.exit(CTL_OK)

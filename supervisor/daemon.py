@@ -1,0 +1,549 @@
+"""The daemon: one asyncio loop owns all state; everything else sends it messages.
+
+File watcher, probes, the runtime's event stream, signals and the control socket only post
+messages to ``Daemon._inbox``. The loop applies them to the pure policy (``policy.step``) and
+performs the actions it returns; slow actions (launch, stop) run as tasks that post their
+outcome back as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import __version__
+from .engines import engine_for
+from .health import ModelsSeen, Prober
+from .modelconfig import ConfigRejected, ModelSet, Problem, load_model_set
+from .notify import Notifier
+from .policy import (
+    LIVE_STATES,
+    Adopted,
+    Announce,
+    Event,
+    Exited,
+    Launch,
+    Launched,
+    LaunchFailed,
+    Machine,
+    Restart,
+    Rules,
+    Start,
+    State,
+    Stop,
+    Stopped,
+    Terminate,
+    Tick,
+    step,
+)
+from .runtime import (
+    EngineConnection,
+    Instance,
+    InstanceExited,
+    LaunchError,
+    RuntimeEvent,
+    make_runtime,
+    program_for,
+)
+from .settings import OnStop, Settings, SettingsError, load_settings
+from .spec import ServerSpec, build_spec, rendered_dir, write_rendered
+from .watch import Watcher
+
+log = structlog.get_logger("supervisor")
+
+TICK_SECONDS = 0.5
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+@dataclass
+class Command:
+    """A control-socket request for the loop; ``reply`` is resolved by the loop."""
+
+    name: str
+    args: dict[str, Any]
+    reply: asyncio.Future[dict[str, Any]]
+
+
+@dataclass
+class _FilesChanged:
+    paths: set[str]
+
+
+@dataclass
+class _Signal:
+    signum: int
+
+
+@dataclass
+class _Probed:
+    result: Any
+    models: ModelsSeen | None = None
+
+
+Message = Event | RuntimeEvent | Command | _FilesChanged | _Signal | _Probed
+
+
+@dataclass
+class Rejection:
+    revision_time: float
+    problems: list[Problem]
+
+
+@dataclass
+class RecentEvent:
+    at: float
+    event: str
+    detail: str
+
+
+@dataclass
+class _Counters:
+    restarts_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def rules_from(settings: Settings) -> Rules:
+    return Rules(
+        restart=settings.restart,
+        failure_threshold=settings.health.failure_threshold,
+        startup_timeout=settings.server.startup_timeout,
+        unhealthy_grace=settings.health.unhealthy_grace,
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, settings_file: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._settings_file = settings_file
+        self._clock = clock
+        self._engine = engine_for(settings.server.engine)
+        self._runtime = make_runtime(settings)
+        self._prober = Prober(settings.server.probe_base_url, self._engine,
+                              settings.health.timeout)
+        self._notifier = Notifier()
+        self._rules = rules_from(settings)
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.machine = Machine(since=clock())
+        self.models: ModelSet | None = None
+        self.spec: ServerSpec | None = None
+        self.instance: Instance | None = None
+        self.rejection: Rejection | None = None
+        self.models_seen: dict[str, str | None] = {}
+        self.engine_connected = True
+        self.recent: deque[RecentEvent] = deque(maxlen=50)
+        self.started_wall = time.time()
+        self._started_mono = clock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._exit: int | None = None
+        self._ready_sent = False
+        self._watcher: Watcher | None = None
+        self._pending_reloads: list[asyncio.Future[dict[str, Any]]] = []
+        self._last_launch: float | None = None
+        self._exit_when_stopped = False
+        self._counters = _Counters()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def post(self, message: Message) -> None:
+        """The only way other tasks change state: hand the loop a message."""
+        self._inbox.put_nowait(message)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _note(self, event: str, detail: str) -> None:
+        self.recent.append(RecentEvent(time.time(), event, detail))
+
+    def _status_line(self) -> str:
+        m = self.machine
+        line = f"{m.state.value}"
+        if self.models is not None:
+            line += f", revision {self.models.revision}, {len(self.models.entries)} model(s)"
+        if m.state in (State.BACKOFF, State.FATAL) and m.last_reason:
+            line += f": {m.last_reason}"
+        if self.rejection is not None:
+            line += "; config change rejected"
+        return line
+
+    # -- config ----------------------------------------------------------------------------
+
+    def _load(self) -> tuple[ModelSet, ServerSpec] | list[Problem]:
+        srv = self.settings.server
+        try:
+            models = load_model_set(srv.model_config_file, srv.models_dir)
+        except ConfigRejected as exc:
+            return exc.problems
+        try:
+            spec, launch = build_spec(self.settings, models, self._engine,
+                                      program_for(self.settings, self._engine))
+        except ValueError as exc:
+            return [Problem(srv.model_config_file, str(exc))]
+        for name, fields in launch.dropped:
+            log.warning("engine.fields_dropped", model=name, fields=list(fields),
+                        engine=str(self._engine.kind),
+                        action="ignored; llama-server uses the GGUF's own chat template")
+        return models, spec
+
+    def _reject(self, problems: list[Problem], keeping: str) -> None:
+        self.rejection = Rejection(time.time(), problems)
+        for p in problems:
+            log.error("config.rejected", file=str(p.file), line=p.line, column=p.column,
+                      field=p.field, error=p.message, action=keeping)
+        self._note("config.rejected", "; ".join(str(p) for p in problems))
+        self._notifier.status(self._status_line())
+
+    def _apply_config(self, reason: str) -> dict[str, Any]:
+        """Re-read config and models; restart onto the result only if the spec changed."""
+        loaded = self._load()
+        keeping = (f"kept revision {self.models.revision} running" if self.models
+                   else "server not started")
+        if isinstance(loaded, list):
+            self._reject(loaded, keeping)
+            return {"applied": False, "restarting": False,
+                    "errors": [str(p) for p in loaded]}
+        models, spec = loaded
+        self.rejection = None
+        if self.spec is not None and spec.digest() == self.spec.digest():
+            log.debug("config.unchanged", revision=models.revision, reason=reason)
+            self.models = models
+            return {"applied": True, "restarting": False, "revision": models.revision}
+        old = self.models.revision if self.models else None
+        self.models, self.spec = models, spec
+        log.info("config.applied", revision=models.revision, previous=old, reason=reason,
+                 models=list(models.names))
+        self._note("config.applied", f"revision {old} -> {models.revision} ({reason})")
+        self._feed(Restart(f"config changed ({reason}): revision {old} -> {models.revision}"))
+        return {"applied": True, "restarting": True, "revision": models.revision}
+
+    # -- the policy and its actions --------------------------------------------------------
+
+    def _feed(self, event: Event) -> None:
+        before = self.machine
+        decision = step(before, event, self._clock(), self._rules)
+        self.machine = decision.machine
+        if decision.ignored:
+            return
+        if before.state is not self.machine.state:
+            log.info("server.state", old=before.state.value, new=self.machine.state.value,
+                     trigger=type(event).__name__, reason=self.machine.last_reason)
+            self._notifier.status(self._status_line())
+            if self.machine.state is State.STOPPED or self.machine.state is State.FATAL:
+                self.instance = None
+        for action in decision.actions:
+            self._perform(action)
+
+    def _perform(self, action: Launch | Terminate | Announce) -> None:
+        if isinstance(action, Launch):
+            self._spawn(self._do_launch(action.reason), "launch")
+        elif isinstance(action, Terminate):
+            self._spawn(self._do_terminate(action.reason), "terminate")
+        else:
+            logger = getattr(log, action.level)
+            logger(action.event, reason=action.reason, state=self.machine.state.value,
+                   restarts=self.machine.restarts)
+            self._note(action.event, action.reason)
+            if action.event == "server.fatal":
+                self._notifier.status(f"FATAL: {action.reason}; "
+                                      "run `supervisorctl restart` after fixing the cause")
+
+    async def _do_launch(self, reason: str) -> None:
+        spec = self.spec
+        assert spec is not None
+        try:
+            write_rendered(spec, rendered_dir(self.settings))
+            instance = await self._runtime.launch(spec)
+        except (LaunchError, OSError) as exc:
+            log.error("server.launch_failed", error=str(exc), reason=reason,
+                      action="backing off before the next attempt")
+            self.post(LaunchFailed(str(exc), random.random()))  # noqa: S311 - jitter only
+            return
+        self._last_launch = self._clock()
+        self.instance = instance
+        key = reason.split(":")[0]
+        counts = self._counters.restarts_by_reason
+        counts[key] = counts.get(key, 0) + 1
+        log.info("server.launched", instance=instance.ident[:12], pid=instance.pid,
+                 spec=spec.digest(), revision=spec.revision, reason=reason)
+        self._note("server.launched", reason)
+        self.post(Launched(instance.token))
+
+    async def _do_terminate(self, reason: str) -> None:
+        token = self.instance.token if self.instance else None
+        await self._runtime.terminate(self.settings.server.stop_timeout)
+        log.info("server.terminated", reason=reason)
+        self.post(Stopped(token))
+
+    # -- message handling ------------------------------------------------------------------
+
+    async def _handle(self, msg: Message) -> None:
+        if isinstance(msg, Tick):
+            self._notifier.watchdog(self._clock())
+            self._feed(msg)
+        elif isinstance(msg, InstanceExited):
+            log.warning("server.exited", reason=msg.reason, state=self.machine.state.value,
+                        action="treated as a failure")
+            self._feed(Exited(msg.token, msg.reason, random.random()))  # noqa: S311
+        elif isinstance(msg, EngineConnection):
+            self.engine_connected = msg.connected
+            if msg.connected:
+                log.info("runtime.reconnected", detail=msg.detail)
+            else:
+                log.error("runtime.disconnected", error=msg.detail,
+                          action="keeping state; reconnecting with backoff")
+            self._note("runtime.reconnected" if msg.connected else "runtime.disconnected",
+                       msg.detail)
+        elif isinstance(msg, _Probed):
+            if msg.models is not None and msg.result.instance == self.machine.instance:
+                self.models_seen = msg.models.models
+            if not msg.result.ok and self.machine.state is not State.STARTING:
+                log.warning("probe.failed", probe=msg.result.probe.value,
+                            error=msg.result.detail, state=self.machine.state.value)
+            self._feed(msg.result)
+        elif isinstance(msg, _FilesChanged):
+            self._apply_config(f"{len(msg.paths)} file(s) changed")
+        elif isinstance(msg, _Signal):
+            await self._on_signal(msg.signum)
+        elif isinstance(msg, Command):
+            await self._on_command(msg)
+        else:
+            self._feed(msg)
+
+    async def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self._notifier.reloading()
+            result = self._reload()
+            log.info("supervisor.reloaded", trigger="SIGHUP", **result)
+            self._notifier.reloaded(self._status_line())
+            return
+        log.info("supervisor.stopping", signal=signal.Signals(signum).name,
+                 on_stop=self.settings.supervisor.on_stop.value)
+        self._notifier.stopping()
+        if self._exit is not None:
+            return
+        if self.settings.supervisor.on_stop is OnStop.LEAVE or self.machine.state not in (
+            *LIVE_STATES, State.STOPPING
+        ):
+            self._exit = EXIT_OK
+            return
+        self._feed(Stop(f"supervisor received {signal.Signals(signum).name}"))
+        self._exit_when_stopped = True
+
+    def _reload(self) -> dict[str, Any]:
+        """Re-read the settings file and the model config; apply what can be applied live."""
+        if self._settings_file is not None:
+            try:
+                new = load_settings(self._settings_file)
+            except SettingsError as exc:
+                log.error("settings.rejected", error=str(exc), action="kept current settings")
+                return {"applied": False, "restarting": False, "errors": [str(exc)]}
+            fixed = ("supervisor", "process")
+            changed_fixed = [s for s in fixed if getattr(new, s) != getattr(self.settings, s)]
+            if (new.server.runtime != self.settings.server.runtime
+                    or new.server.engine != self.settings.server.engine
+                    or new.docker.host != self.settings.docker.host
+                    or new.docker.container_name != self.settings.docker.container_name
+                    or new.server.publish_port != self.settings.server.publish_port):
+                changed_fixed.append("server.runtime/engine/publish_port or docker.host/name")
+            if changed_fixed:
+                msg = (f"settings {', '.join(changed_fixed)} changed: they apply only after "
+                       "`systemctl restart localai-supervisor`")
+                log.error("settings.rejected", error=msg, action="kept current settings")
+                return {"applied": False, "restarting": False, "errors": [msg]}
+            self.settings = new
+            self._rules = rules_from(new)
+        return self._apply_config("reload")
+
+    async def _on_command(self, cmd: Command) -> None:
+        try:
+            if cmd.name == "status":
+                result = self.status()
+            elif cmd.name == "reload":
+                self._notifier.reloading()
+                result = self._reload()
+                self._notifier.reloaded(self._status_line())
+            elif cmd.name == "restart":
+                if self.spec is None:
+                    result = {"ok": False, "error": "no valid configuration to start; "
+                              "fix it and run `supervisorctl reload`"}
+                else:
+                    self._feed(Restart("operator: supervisorctl restart"))
+                    result = {"ok": True, "state": self.machine.state.value}
+            else:
+                result = {"ok": False, "error": f"unknown command {cmd.name!r}"}
+        except Exception as exc:
+            log.exception("control.command_failed", command=cmd.name)
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if not cmd.reply.done():
+            cmd.reply.set_result(result)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        m = self.machine
+        now = self._clock()
+        inst = self.instance
+        up = m.state in (State.RUNNING, State.UNHEALTHY) and self._last_launch is not None
+        models = []
+        if self.models is not None:
+            files = {f.name: f for f in self.models.files}
+            for entry in self.models.entries:
+                f = files.get(entry.name)
+                models.append({
+                    "name": entry.name,
+                    "file": f.relpath if f else None,
+                    "size": f.size if f else None,
+                    "listed": entry.name in self.models_seen,
+                    "state": self.models_seen.get(entry.name),
+                })
+        rejection = None
+        if self.rejection is not None:
+            rejection = {"at": self.rejection.revision_time,
+                         "errors": [str(p) for p in self.rejection.problems]}
+        return {
+            "version": __version__,
+            "state": m.state.value,
+            "since_seconds": round(now - m.since, 3),
+            "reason": m.last_reason,
+            "engine": str(self.settings.server.engine),
+            "runtime": str(self.settings.server.runtime),
+            "runtime_connected": self.engine_connected,
+            "server_url": self.settings.server.probe_base_url,
+            "instance": None if inst is None else {
+                "id": inst.ident, "pid": inst.pid, "image": inst.image,
+                "spec": inst.spec_digest, "started_at": inst.started_at,
+            },
+            "uptime_seconds": round(now - m.since, 3) if up else None,
+            "supervisor_uptime_seconds": round(now - self._started_mono, 3),
+            "restarts": m.restarts,
+            "restarts_by_reason": dict(self._counters.restarts_by_reason),
+            "consecutive_failures": m.attempt,
+            "retry_in_seconds": round(m.retry_at - now, 3) if m.retry_at is not None else None,
+            "config": {
+                "file": str(self.settings.server.model_config_file),
+                "models_dir": str(self.settings.server.models_dir),
+                "revision": self.models.revision if self.models else None,
+                "spec": self.spec.digest() if self.spec else None,
+                "rejected": rejection,
+            },
+            "models": models,
+            "recent_events": [
+                {"at": e.at, "event": e.event, "detail": e.detail} for e in list(self.recent)[-10:]
+            ],
+        }
+
+    # -- tasks that feed the loop ----------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.post(Tick(random.random()))  # noqa: S311 - jitter only
+
+    async def _probe_loop(self) -> None:
+        """Probe the current instance; results carry its token, so stale ones are dropped."""
+        while True:
+            m = self.machine
+            interval = self.settings.health.interval
+            if m.state in LIVE_STATES and m.instance is not None and self.models is not None:
+                token = m.instance
+                live = await self._prober.liveness(token)
+                self.post(_Probed(live))
+                if live.ok:
+                    ready, seen = await self._prober.readiness(token, self.models.names)
+                    self.post(_Probed(ready, seen))
+                if m.state is State.STARTING:
+                    interval = min(interval, 0.5)
+            else:
+                interval = min(interval, 0.5)
+            await asyncio.sleep(interval)
+
+    def _on_runtime_event(self, event: RuntimeEvent) -> None:
+        self.post(event)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.post, _Signal(sig))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, servers: Callable[[Daemon], Awaitable[Callable[[], Awaitable[None]]]]
+                  | None = None) -> int:
+        """Boot, loop until stopped, shut down in bounded stages. Returns the exit code."""
+        loaded = self._load()
+        if isinstance(loaded, list):
+            self._reject(loaded, "server not started")
+            log.error("supervisor.start_failed", cause="invalid model configuration",
+                      action="exiting; fix the file and start again")
+            return EXIT_CONFIG
+        self.models, self.spec = loaded
+        self._install_signals()
+        await self._runtime.open(self._on_runtime_event)
+        close_servers: Callable[[], Awaitable[None]] | None = None
+        if servers is not None:
+            close_servers = await servers(self)
+        log.info("supervisor.started", version=__version__, pid=os.getpid(),
+                 engine=str(self.settings.server.engine),
+                 runtime=str(self.settings.server.runtime),
+                 revision=self.models.revision, spec=self.spec.digest())
+        try:
+            existing = await self._runtime.find(self.spec.digest())
+        except Exception as exc:
+            log.warning("runtime.find_failed", error=str(exc), action="starting a new instance")
+            existing = None
+        if existing is not None:
+            self.instance = existing
+            self._last_launch = self._clock()
+            self._feed(Adopted(existing.token))
+        else:
+            self._feed(Start("supervisor start"))
+        self._notifier.ready(self._status_line())
+        self._spawn(self._ticker(), "ticker")
+        self._spawn(self._probe_loop(), "probes")
+        if self.settings.watch.enabled:
+            self._watcher = Watcher(
+                self.settings.server.model_config_file, self.settings.server.models_dir,
+                lambda paths: self.post(_FilesChanged(paths)),
+                step_ms=self.settings.watch.step_ms, debounce_ms=self.settings.watch.debounce_ms,
+            )
+            self._spawn(self._watcher.run(), "watcher")
+        try:
+            while self._exit is None:
+                msg = await self._inbox.get()
+                await self._handle(msg)
+                if self._exit_when_stopped and self.machine.state in (State.STOPPED,
+                                                                       State.FATAL):
+                    self._exit = EXIT_OK
+        finally:
+            await self._shutdown(close_servers)
+        return self._exit
+
+    async def _shutdown(self, close_servers: Callable[[], Awaitable[None]] | None) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        if close_servers is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(close_servers(), 5)
+        if self.settings.supervisor.on_stop is OnStop.LEAVE:
+            await self._runtime.detach()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._prober.close()
+        await self._runtime.close()
+        log.info("supervisor.exited", state=self.machine.state.value)

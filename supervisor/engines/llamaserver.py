@@ -1,0 +1,121 @@
+"""llama.cpp's ``llama-server`` in router mode, fed a models preset rendered from config.yaml.
+
+The preset is an INI file: one section per model, keys are llama-server's long option names
+(tools/server/README.md, "Model presets"). LocalAI fields without an llama-server equivalent
+(Go templates, stopwords, …) are reported, not silently lost: llama-server uses the GGUF's own
+chat template instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..modelconfig import ModelEntry, ModelSet
+from ..settings import Engine, Settings
+from .base import EngineLaunch, RenderedFile, ServerPaths
+
+PRESET_NAME = "models-preset.ini"
+
+# LocalAI top-level keys that never reach llama-server.
+_UNSUPPORTED = (
+    "template", "stopwords", "cutstrings", "trimspace", "trimsuffix", "f16", "options",
+    "low_vram", "concurrency_groups", "function", "roles", "system_prompt", "mirostat",
+)
+
+
+def _ini_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if any(c in text for c in "\n\r;#[]=") or text != text.strip():
+        raise ValueError(f"value {text!r} cannot be written to an INI preset")
+    return text
+
+
+def preset_options(entry: ModelEntry, models_dir: str) -> dict[str, str]:
+    """llama-server options for one model entry, in a stable order."""
+    opts: dict[str, object] = {}
+    if entry.parameters.model:
+        opts["model"] = f"{models_dir.rstrip('/')}/{entry.parameters.model}"
+    mapping: list[tuple[str, object]] = [
+        ("ctx-size", entry.context_size),
+        ("n-gpu-layers", entry.gpu_layers),
+        ("threads", entry.threads),
+        ("batch-size", entry.batch or entry.parameters.batch),
+        ("temp", entry.parameters.temperature),
+        ("top-k", entry.parameters.top_k),
+        ("top-p", entry.parameters.top_p),
+        ("seed", entry.parameters.seed),
+        ("n-predict", entry.parameters.max_tokens),
+    ]
+    opts.update({k: v for k, v in mapping if v is not None})
+    if entry.mmap is False:
+        opts["no-mmap"] = True
+    if entry.mmlock:
+        opts["mlock"] = True
+    if entry.embeddings:
+        opts["embeddings"] = True
+    return {k: _ini_value(v) for k, v in opts.items()}
+
+
+def dropped_fields(entry: ModelEntry) -> tuple[str, ...]:
+    present = set(entry.model_fields_set) | entry.extra_keys
+    dropped = [k for k in _UNSUPPORTED if k in present]
+    if entry.backend and entry.backend not in ("llama-cpp", "llama", "llama.cpp"):
+        dropped.append(f"backend={entry.backend}")
+    return tuple(dropped)
+
+
+def render_preset(models: ModelSet, models_dir: str) -> str:
+    lines = ["; rendered by localai-supervisor from " + str(models.source),
+             f"; revision {models.revision}", "version = 1", ""]
+    for entry in models.entries:
+        if any(c in entry.name for c in "[]\n\r;#"):
+            raise ValueError(f"model name {entry.name!r} cannot be an INI section")
+        lines.append(f"[{entry.name}]")
+        lines.extend(f"{k} = {v}" for k, v in preset_options(entry, models_dir).items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class LlamaServerEngine:
+    kind = Engine.LLAMA_SERVER
+    liveness_path = "/health"
+    readiness_path = "/models"
+    default_binary = "llama-server"
+
+    def render(self, models: ModelSet, paths: ServerPaths, settings: Settings) -> EngineLaunch:
+        srv = settings.server
+        models_max = settings.llama_server.models_max or (1 if srv.single_active_backend else 4)
+        args = (
+            "--models-preset", f"{paths.rendered_dir.rstrip('/')}/{PRESET_NAME}",
+            "--models-max", str(models_max),
+            "--host", srv.listen_host,
+            "--port", str(srv.listen_port),
+            "--threads", str(srv.threads),
+            *settings.llama_server.extra_args,
+        )
+        preset = RenderedFile(PRESET_NAME, render_preset(models, paths.models_dir))
+        dropped = tuple((e.name, d) for e in models.entries if (d := dropped_fields(e)))
+        return EngineLaunch(
+            args=args,
+            env=tuple(sorted(settings.llama_server.environment.items())),
+            files=(preset,),
+            dropped=dropped,
+        )
+
+    def listed_models(self, body: Any) -> dict[str, str | None]:
+        """``GET /models`` in router mode: each entry carries ``status.value``."""
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            return {}
+        out: dict[str, str | None] = {}
+        for item in data:
+            if not isinstance(item, dict) or "id" not in item:
+                continue
+            status = item.get("status")
+            value = status.get("value") if isinstance(status, dict) else None
+            if isinstance(status, dict) and status.get("failed"):
+                value = "failed"
+            out[str(item["id"])] = str(value) if value is not None else None
+        return out

@@ -1,0 +1,407 @@
+"""The server's state machine and restart policy: pure decisions, no I/O, no clock reads.
+
+``step(machine, event, now, rules)`` returns the next machine and the actions the daemon loop
+must perform. Every legal transition is listed in ``_TABLE``; an event with no entry for the
+current state is ignored (and the decision says so), never half-applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from .settings import RestartSection
+
+
+class State(StrEnum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    UNHEALTHY = "UNHEALTHY"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    FATAL = "FATAL"
+
+
+# States in which a server instance exists and is watched by probes.
+LIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.UNHEALTHY})
+
+
+class Intent(StrEnum):
+    """Why a stop was asked for, which decides what follows it."""
+
+    RESTART = "restart"
+    STOP = "stop"
+    FAILURE = "failure"
+
+
+class Probe(StrEnum):
+    LIVENESS = "liveness"
+    READINESS = "readiness"
+
+
+# ---- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Operator or boot asks for a running server; also clears FATAL."""
+
+    reason: str = "start"
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A planned restart (config change, operator): not a failure, no backoff."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """An already running instance matching the spec was taken over at boot."""
+
+    instance: str
+
+
+@dataclass(frozen=True)
+class Launched:
+    instance: str
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    reason: str
+    rand: float = 0.5
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The instance stopped without being asked to (crash, OOM, kill)."""
+
+    instance: str
+    reason: str
+    rand: float = 0.5
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A stop the supervisor asked for has completed."""
+
+    instance: str | None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    instance: str
+    probe: Probe
+    ok: bool
+    detail: str = ""
+    rand: float = 0.5
+
+
+@dataclass(frozen=True)
+class Tick:
+    rand: float = 0.5
+
+
+Event = (
+    Start | Stop | Restart | Adopted | Launched | LaunchFailed | Exited | Stopped | ProbeResult
+    | Tick
+)
+
+# ---- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Terminate:
+    """Stop the current instance (bounded by the stop timeout, then killed)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Announce:
+    """A state change worth one structured log event and a systemd STATUS= line."""
+
+    event: str
+    reason: str
+    level: str = "info"
+
+
+Action = Launch | Terminate | Announce
+
+
+# ---- state --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    state: State = State.STOPPED
+    since: float = 0.0
+    instance: str | None = None
+    intent: Intent | None = None
+    # Monotonic times of recent failures, for crash-loop detection.
+    failures: tuple[float, ...] = ()
+    # Consecutive failures since the server last stayed up `stable_after`; drives backoff.
+    attempt: int = 0
+    retry_at: float | None = None
+    restarts: int = 0
+    last_reason: str | None = None
+    liveness_failures: int = 0
+    readiness_failures: int = 0
+    ready: bool = False
+    stable: bool = False
+    unhealthy_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The numbers the policy needs; built from settings, kept plain for tests."""
+
+    restart: RestartSection = field(default_factory=RestartSection)
+    failure_threshold: int = 3
+    startup_timeout: float = 600.0
+    unhealthy_grace: float = 120.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    machine: Machine
+    actions: tuple[Action, ...] = ()
+    ignored: bool = False
+
+
+def backoff_delay(attempt: int, restart: RestartSection, rand: float) -> float:
+    """Exponential delay for the n-th consecutive failure, capped, with +/- jitter."""
+    base = restart.backoff_initial * restart.backoff_multiplier ** max(attempt - 1, 0)
+    base = min(base, restart.backoff_max)
+    spread = base * restart.jitter
+    return max(0.0, min(restart.backoff_max, base - spread + 2 * spread * rand))
+
+
+def _enter(m: Machine, state: State, now: float, **changes: object) -> Machine:
+    return replace(m, state=state, since=now, **changes)  # type: ignore[arg-type]
+
+
+def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float,
+          *, needs_stop: bool) -> Decision:
+    """A failure: back off, or give up (FATAL) after too many in the window."""
+    window = rules.restart.failure_window
+    failures = (*(t for t in m.failures if now - t < window), now)
+    attempt = m.attempt + 1
+    base = replace(m, failures=failures, attempt=attempt, last_reason=reason,
+                   liveness_failures=0, readiness_failures=0, ready=False,
+                   unhealthy_since=None)
+    if len(failures) >= rules.restart.max_failures:
+        msg = f"{len(failures)} failures within {window:g}s, last: {reason}"
+        actions: list[Action] = [Announce("server.fatal", msg, "error")]
+        if needs_stop:
+            actions.insert(0, Terminate(reason))
+            return Decision(_enter(base, State.STOPPING, now, intent=Intent.FAILURE,
+                                   retry_at=None), tuple(actions))
+        return Decision(_enter(base, State.FATAL, now, instance=None, retry_at=None,
+                               intent=None), tuple(actions))
+    delay = backoff_delay(attempt, rules.restart, rand)
+    announce = Announce("server.failed", f"{reason}; retrying in {delay:.1f}s", "warning")
+    if needs_stop:
+        return Decision(
+            _enter(base, State.STOPPING, now, intent=Intent.FAILURE, retry_at=now + delay),
+            (Terminate(reason), announce),
+        )
+    return Decision(_enter(base, State.BACKOFF, now, instance=None, retry_at=now + delay,
+                           intent=None), (announce,))
+
+
+def _launch(m: Machine, now: float, reason: str, *, count_restart: bool) -> Decision:
+    restarts = m.restarts + 1 if count_restart else m.restarts
+    return Decision(
+        _enter(m, State.STARTING, now, instance=None, intent=None, retry_at=None,
+               restarts=restarts, liveness_failures=0, readiness_failures=0, ready=False,
+               stable=False, unhealthy_since=None),
+        (Launch(reason),),
+    )
+
+
+# ---- handlers: (machine, event, now, rules) -> Decision -----------------------------------
+
+
+def _start_from_idle(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Start | Restart)
+    fresh = replace(m, failures=(), attempt=0, last_reason=None)
+    return _launch(fresh, now, e.reason, count_restart=m.state is State.FATAL)
+
+
+def _adopt(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Adopted)
+    return Decision(
+        _enter(m, State.STARTING, now, instance=e.instance, liveness_failures=0,
+               readiness_failures=0, ready=False),
+        (Announce("server.adopted", f"instance {e.instance} already runs the current spec"),),
+    )
+
+
+def _launched(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Launched)
+    # Stay in STARTING; the since-timestamp restarts the startup timeout from here.
+    return Decision(replace(m, instance=e.instance, since=now))
+
+
+def _launch_failed(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, LaunchFailed)
+    return _fail(m, now, rules, f"launch failed: {e.reason}", e.rand, needs_stop=False)
+
+
+def _exited(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Exited)
+    if m.instance is not None and e.instance != m.instance:
+        return Decision(m, ignored=True)
+    return _fail(m, now, rules, f"exited: {e.reason}", e.rand, needs_stop=False)
+
+
+def _probe(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, ProbeResult)
+    if e.instance != m.instance:
+        return Decision(m, ignored=True)
+    if e.probe is Probe.LIVENESS:
+        if e.ok:
+            return Decision(replace(m, liveness_failures=0))
+        failures = m.liveness_failures + 1
+        if m.state is State.STARTING:
+            # A server that is still loading may not answer yet: the startup timeout decides.
+            return Decision(replace(m, liveness_failures=failures, last_reason=e.detail))
+        if failures >= rules.failure_threshold:
+            return _fail(m, now, rules, f"liveness probe failed {failures}x: {e.detail}",
+                         e.rand, needs_stop=True)
+        return Decision(replace(m, liveness_failures=failures))
+    # readiness
+    if e.ok:
+        m2 = replace(m, readiness_failures=0, liveness_failures=0, ready=True,
+                     unhealthy_since=None)
+        if m.state is State.RUNNING:
+            return Decision(m2)
+        event = "server.ready" if m.state is State.STARTING else "server.recovered"
+        return Decision(_enter(m2, State.RUNNING, now),
+                        (Announce(event, e.detail or "all models listed"),))
+    failures = m.readiness_failures + 1
+    m2 = replace(m, readiness_failures=failures, last_reason=e.detail)
+    if m.state is State.RUNNING and failures >= rules.failure_threshold:
+        return Decision(_enter(m2, State.UNHEALTHY, now, unhealthy_since=now, ready=False),
+                        (Announce("server.unhealthy", e.detail, "warning"),))
+    return Decision(m2)
+
+
+def _stop(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Stop)
+    if m.state in (State.BACKOFF, State.FATAL):
+        return Decision(_enter(m, State.STOPPED, now, instance=None, retry_at=None),
+                        (Announce("server.stopped", e.reason),))
+    return Decision(_enter(m, State.STOPPING, now, intent=Intent.STOP, retry_at=None,
+                           last_reason=e.reason), (Terminate(e.reason),))
+
+
+def _restart(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Restart)
+    if m.state in (State.BACKOFF, State.FATAL, State.STOPPED):
+        return _start_from_idle(m, e, now, rules)
+    return Decision(
+        _enter(m, State.STOPPING, now, intent=Intent.RESTART, retry_at=None, last_reason=e.reason),
+        (Terminate(e.reason),),
+    )
+
+
+def _restart_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Restart | Start)
+    # Whatever was going to follow the stop, a start follows it now.
+    return Decision(replace(m, intent=Intent.RESTART, last_reason=e.reason))
+
+
+def _stop_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Stop)
+    # A shutdown wins over whatever the stop was for (a restart, a backoff).
+    return Decision(replace(m, intent=Intent.STOP, retry_at=None, last_reason=e.reason))
+
+
+def _stopped(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Stopped)
+    if m.intent is Intent.RESTART:
+        return _launch(m, now, m.last_reason or "restart", count_restart=True)
+    if m.intent is Intent.FAILURE:
+        if m.retry_at is None:
+            return Decision(_enter(m, State.FATAL, now, instance=None, intent=None))
+        return Decision(_enter(m, State.BACKOFF, now, instance=None, intent=None))
+    return Decision(_enter(m, State.STOPPED, now, instance=None, intent=None),
+                    (Announce("server.stopped", m.last_reason or "stopped"),))
+
+
+def _tick(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Tick)
+    if m.state is State.BACKOFF and m.retry_at is not None and now >= m.retry_at:
+        return _launch(m, now, f"retry after: {m.last_reason}", count_restart=True)
+    if m.state is State.STARTING and now - m.since >= rules.startup_timeout:
+        return _fail(m, now, rules,
+                     f"not ready within startup timeout {rules.startup_timeout:g}s"
+                     + (f" ({m.last_reason})" if m.last_reason else ""),
+                     e.rand, needs_stop=m.instance is not None)
+    if m.state is State.RUNNING and not m.stable and now - m.since >= rules.restart.stable_after:
+        return Decision(replace(m, stable=True, attempt=0))
+    if (m.state is State.UNHEALTHY and m.unhealthy_since is not None
+            and now - m.unhealthy_since >= rules.unhealthy_grace):
+        return _fail(m, now, rules, f"unhealthy for {rules.unhealthy_grace:g}s: {m.last_reason}",
+                     e.rand, needs_stop=True)
+    return Decision(m)
+
+
+Handler = Callable[[Machine, Event, float, Rules], Decision]
+
+_LIVE = (State.STARTING, State.RUNNING, State.UNHEALTHY)
+_TABLE: dict[tuple[State, type], Handler] = {
+    (State.STOPPED, Start): _start_from_idle,
+    (State.STOPPED, Restart): _start_from_idle,
+    (State.STOPPED, Adopted): _adopt,
+    (State.FATAL, Start): _start_from_idle,
+    (State.FATAL, Restart): _start_from_idle,
+    (State.FATAL, Stop): _stop,
+    (State.BACKOFF, Start): _start_from_idle,
+    (State.BACKOFF, Restart): _start_from_idle,
+    (State.BACKOFF, Stop): _stop,
+    (State.BACKOFF, Tick): _tick,
+    (State.STARTING, Launched): _launched,
+    (State.STARTING, LaunchFailed): _launch_failed,
+    (State.STOPPING, Stopped): _stopped,
+    (State.STOPPING, Restart): _restart_while_stopping,
+    (State.STOPPING, Start): _restart_while_stopping,
+    (State.STOPPING, Stop): _stop_while_stopping,
+    **{(s, Exited): _exited for s in _LIVE},
+    **{(s, ProbeResult): _probe for s in _LIVE},
+    **{(s, Stop): _stop for s in _LIVE},
+    **{(s, Restart): _restart for s in _LIVE},
+    **{(s, Tick): _tick for s in _LIVE},
+}
+
+
+def step(m: Machine, event: Event, now: float, rules: Rules) -> Decision:
+    """Apply one event; unknown (state, event) pairs are ignored, not errors."""
+    handler = _TABLE.get((m.state, type(event)))
+    if handler is None:
+        return Decision(m, ignored=True)
+    return handler(m, event, now, rules)
+
+
+def legal_transitions() -> dict[State, set[str]]:
+    """Which events each state reacts to (for docs and tests)."""
+    out: dict[State, set[str]] = {s: set() for s in State}
+    for state, event_type in _TABLE:
+        out[state].add(event_type.__name__)
+    return out

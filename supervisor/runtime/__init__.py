@@ -1,0 +1,48 @@
+"""Runtimes: where the server runs (a Docker container, or a host child process)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..engines import EngineAdapter
+from ..settings import RuntimeKind, Settings
+from .base import EngineConnection, Instance, InstanceExited, LaunchError, Runtime, RuntimeEvent
+
+__all__ = [
+    "EngineConnection", "Instance", "InstanceExited", "LaunchError", "Runtime", "RuntimeEvent",
+    "make_runtime", "program_for",
+]
+
+
+def _cached_llama_server() -> Path | None:
+    """The test bench's build (scripts/build_llama_server.py), newest version first."""
+    base = os.environ.get("LOCALAI_SUPERVISOR_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "localai-supervisor"
+    )
+    found = sorted(Path(base, "llama-server").glob("*/llama-server"), reverse=True)
+    return found[0] if found else None
+
+
+def program_for(settings: Settings, engine: EngineAdapter) -> str:
+    """The image (docker) or binary (process) that runs the engine."""
+    if settings.server.runtime is RuntimeKind.DOCKER:
+        return settings.docker.image
+    if settings.process.binary is not None:
+        return str(settings.process.binary)
+    if shutil.which(engine.default_binary) is None and engine.default_binary == "llama-server":
+        cached = _cached_llama_server()
+        if cached is not None:
+            return str(cached)
+    return engine.default_binary
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    if settings.server.runtime is RuntimeKind.DOCKER:
+        from .docker import DockerRuntime
+
+        return DockerRuntime(settings)
+    from .process import ProcessRuntime
+
+    return ProcessRuntime(settings)

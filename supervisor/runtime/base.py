@@ -1,0 +1,86 @@
+"""Where the server runs: the interface both runtimes (docker, process) implement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..spec import ServerSpec
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One started server: a container (id) or a child process (pid)."""
+
+    token: str
+    ident: str
+    spec_digest: str
+    started_at: float
+    pid: int | None = None
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceExited:
+    token: str
+    exit_code: int | None
+    oom_killed: bool = False
+    detail: str = ""
+
+    @property
+    def reason(self) -> str:
+        parts = [f"exit code {self.exit_code}" if self.exit_code is not None else "exited"]
+        if self.oom_killed:
+            parts.append("OOM-killed")
+        if self.detail:
+            parts.append(self.detail)
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class EngineConnection:
+    """The container engine went away or came back (docker only)."""
+
+    connected: bool
+    detail: str = ""
+
+
+RuntimeEvent = InstanceExited | EngineConnection
+Emit = Callable[[RuntimeEvent], None]
+
+
+class LaunchError(Exception):
+    """The instance could not be started; the message says why and what to do."""
+
+
+class Runtime(Protocol):
+    """Starts, stops and watches the one server instance; reports via ``emit``."""
+
+    name: str
+
+    async def open(self, emit: Emit) -> None:
+        """Connect and start watching; events go to ``emit`` from the event loop."""
+        ...
+
+    async def find(self, spec_digest: str) -> Instance | None:
+        """A running instance that already matches ``spec_digest`` (to adopt), else None."""
+        ...
+
+    async def launch(self, spec: ServerSpec) -> Instance:
+        """Make the instance run ``spec`` (recreate it if needed); raise LaunchError."""
+        ...
+
+    async def terminate(self, timeout: float) -> None:
+        """Stop the current instance: graceful, then killed after ``timeout``."""
+        ...
+
+    async def detach(self) -> None:
+        """Stop watching but leave the instance running (on_stop = leave)."""
+        ...
+
+    async def logs(self, lines: int) -> list[str]:
+        ...
+
+    async def close(self) -> None:
+        ...

@@ -1,0 +1,332 @@
+"""Docker runtime: one labelled container, watched through the engine's event stream.
+
+docker-py is blocking, so API calls run in worker threads (``asyncio.to_thread``) and the
+event stream is read by one thread that hands events to the loop. The container is created
+with restart policy ``no``: the supervisor, not Docker, decides restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from typing import Any
+
+import docker
+import docker.errors
+import structlog
+from docker.types import DeviceRequest
+from docker.types import Mount as DockerMount
+
+from ..settings import Settings
+from ..spec import ServerSpec
+from .base import Emit, EngineConnection, Instance, InstanceExited, LaunchError
+
+LABEL_MANAGED = "io.localai-supervisor.managed"
+LABEL_SPEC = "io.localai-supervisor.spec"
+LABEL_REVISION = "io.localai-supervisor.revision"
+
+log = structlog.get_logger("supervisor.runtime.docker")
+
+
+def device_requests(gpus: str) -> list[DeviceRequest]:
+    """``all`` / ``none`` / ``0,1`` → Docker device requests (what ``--gpus`` does)."""
+    value = gpus.strip().lower()
+    if value in ("", "none"):
+        return []
+    if value == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    ids = [d.strip() for d in value.split(",") if d.strip()]
+    return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+
+
+def container_kwargs(spec: ServerSpec, name: str) -> dict[str, Any]:
+    """Pure: the create() arguments for a spec (unit-tested without Docker)."""
+    return {
+        "image": spec.program,
+        "command": list(spec.args),
+        "name": name,
+        "labels": {LABEL_MANAGED: "true", LABEL_SPEC: spec.digest(), LABEL_REVISION: spec.revision},
+        "environment": dict(spec.env),
+        "ports": {f"{spec.listen_port}/tcp": (spec.publish_host, spec.publish_port)},
+        "mounts": [
+            DockerMount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+            for m in spec.mounts
+        ],
+        "device_requests": device_requests(spec.gpus),
+        "restart_policy": {"Name": "no"},
+        "detach": True,
+    }
+
+
+def _started_ns(attrs: dict[str, Any]) -> int:
+    """Container start time in ns, to drop 'die' events of an earlier run of the same id."""
+    from datetime import datetime
+
+    text = attrs.get("State", {}).get("StartedAt", "")
+    if not text or text.startswith("0001"):
+        return 0
+    whole, _, frac = text.rstrip("Z").partition(".")
+    dt = datetime.fromisoformat(whole + "+00:00")
+    return int(dt.timestamp()) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._base_url = settings.docker.host
+        self._name = settings.docker.container_name
+        self._client: docker.DockerClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._emit: Emit | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stream: Any = None
+        # (container id, start ns, token) of the instance we watch; None while none.
+        self._current: tuple[str, int, str] | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _new_client(self) -> docker.DockerClient:
+        if self._base_url:
+            return docker.DockerClient(base_url=self._base_url, timeout=60)
+        return docker.from_env(timeout=60)
+
+    def _api(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def _send(self, event: EngineConnection | InstanceExited) -> None:
+        if self._loop is not None and self._emit is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._emit, event)
+
+    async def open(self, emit: Emit) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._emit = emit
+        self._thread = threading.Thread(target=self._watch_events, name="docker-events",
+                                        daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+    # -- the event stream -------------------------------------------------------------------
+
+    def _watch_events(self) -> None:
+        delay = 0.5
+        connected = True
+        while not self._stop.is_set():
+            client: docker.DockerClient | None = None
+            try:
+                client = self._new_client()
+                since = int(time.time()) - 1
+                self._stream = client.events(
+                    decode=True, since=since,
+                    filters={"type": "container", "label": f"{LABEL_MANAGED}=true"},
+                )
+                if not connected:
+                    connected = True
+                    delay = 0.5
+                    self._send(EngineConnection(True, "docker engine reachable again"))
+                    self._recheck(client)
+                for event in self._stream:
+                    if self._stop.is_set():
+                        break
+                    self._on_event(client, event)
+                if self._stop.is_set():
+                    break
+                raise ConnectionError("event stream ended")
+            except Exception as exc:  # the engine went away: keep running, reconnect
+                if self._stop.is_set():
+                    break
+                if connected:
+                    connected = False
+                    self._send(EngineConnection(False, f"{type(exc).__name__}: {exc}"))
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._settings.docker.reconnect_max_delay)
+            finally:
+                self._stream = None
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+
+    def _on_event(self, client: docker.DockerClient, event: dict[str, Any]) -> None:
+        if event.get("status", event.get("Action")) != "die":
+            return
+        cid = str(event.get("id", ""))
+        when = int(event.get("timeNano", 0))
+        with self._lock:
+            current = self._current
+        if current is None or cid != current[0] or when < current[1]:
+            return
+        attrs = event.get("Actor", {}).get("Attributes", {})
+        code = attrs.get("exitCode")
+        oom = False
+        with contextlib.suppress(Exception):
+            oom = bool(client.api.inspect_container(cid)["State"].get("OOMKilled"))
+        self._exit_once(InstanceExited(current[2], int(code) if code is not None else None, oom))
+
+    def _recheck(self, client: docker.DockerClient) -> None:
+        """After a reconnect: did the container die while we could not see events?"""
+        with self._lock:
+            current = self._current
+        if current is None:
+            return
+        try:
+            state = client.api.inspect_container(current[0])["State"]
+        except docker.errors.NotFound:
+            self._exit_once(InstanceExited(current[2], None, detail="container removed"))
+            return
+        if not state.get("Running") or _started_ns({"State": state}) != current[1]:
+            self._exit_once(InstanceExited(current[2], state.get("ExitCode"),
+                                           bool(state.get("OOMKilled")), "seen after reconnect"))
+
+    def _track(self, attrs: dict[str, Any]) -> Instance:
+        token = uuid.uuid4().hex[:12]
+        with self._lock:
+            self._current = (attrs["Id"], _started_ns(attrs), token)
+        labels = attrs.get("Config", {}).get("Labels") or {}
+        return Instance(
+            token=token,
+            ident=attrs["Id"],
+            spec_digest=labels.get(LABEL_SPEC, ""),
+            started_at=time.time(),
+            pid=attrs.get("State", {}).get("Pid") or None,
+            image=attrs.get("Config", {}).get("Image"),
+        )
+
+    def _exit_once(self, exited: InstanceExited) -> None:
+        """Report an instance's exit at most once, and only while it is the current one."""
+        with self._lock:
+            if self._current is None or self._current[2] != exited.token:
+                return
+            self._current = None
+        self._send(exited)
+
+    def _track_checked(self, container: Any) -> Instance:
+        """Track a just-started container; a crash before tracking began is still reported."""
+        instance = self._track(container.attrs)
+        container.reload()
+        state = container.attrs.get("State", {})
+        if not state.get("Running"):
+            self._exit_once(InstanceExited(instance.token, state.get("ExitCode"),
+                                           bool(state.get("OOMKilled")), "exited at start"))
+        return instance
+
+    # -- operations -------------------------------------------------------------------------
+
+    def _get(self) -> Any:
+        try:
+            return self._api().containers.get(self._name)
+        except docker.errors.NotFound:
+            return None
+
+    async def find(self, spec_digest: str) -> Instance | None:
+        def work() -> Instance | None:
+            container = self._get()
+            if container is None:
+                return None
+            attrs = container.attrs
+            labels = attrs.get("Config", {}).get("Labels") or {}
+            if labels.get(LABEL_MANAGED) != "true" or not attrs["State"].get("Running"):
+                return None
+            if labels.get(LABEL_SPEC) != spec_digest:
+                return None
+            return self._track(attrs)
+
+        return await asyncio.to_thread(work)
+
+    async def launch(self, spec: ServerSpec) -> Instance:
+        def work() -> Instance:
+            digest = spec.digest()
+            container = self._get()
+            if container is not None:
+                labels = container.attrs.get("Config", {}).get("Labels") or {}
+                if labels.get(LABEL_MANAGED) != "true":
+                    raise LaunchError(
+                        f"a container named {self._name!r} exists and was not created by "
+                        f"localai-supervisor; remove it (docker rm -f {self._name}) or set "
+                        "docker.container_name"
+                    )
+                if labels.get(LABEL_SPEC) == digest:
+                    if container.attrs["State"].get("Running"):
+                        return self._track(container.attrs)
+                    container.start()
+                    container.reload()
+                    return self._track_checked(container)
+                log.info("container.recreate", container=container.id[:12],
+                         old_spec=labels.get(LABEL_SPEC), new_spec=digest)
+                container.remove(force=True)
+            kwargs = container_kwargs(spec, self._name)
+            try:
+                container = self._api().containers.create(**kwargs)
+            except docker.errors.ImageNotFound as exc:
+                raise LaunchError(
+                    f"image {spec.program!r} not found in the docker engine; pull or build it "
+                    "(the supervisor never pulls) or set docker.image"
+                ) from exc
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+                raise LaunchError(f"container start failed: {exc.explanation or exc}") from exc
+            container.reload()
+            return self._track_checked(container)
+
+        try:
+            return await asyncio.to_thread(work)
+        except LaunchError:
+            raise
+        except docker.errors.DockerException as exc:
+            raise LaunchError(f"docker engine: {exc}") from exc
+
+    async def terminate(self, timeout: float) -> None:
+        with self._lock:
+            current = self._current
+            self._current = None  # a stop we ask for is not a crash: drop its die event
+
+        def work() -> None:
+            container = self._get()
+            if container is None:
+                return
+            if current is not None and container.id != current[0]:
+                return
+            container.stop(timeout=max(1, round(timeout)))
+
+        try:
+            await asyncio.to_thread(work)
+        except docker.errors.DockerException as exc:
+            log.warning("container.stop_failed", error=str(exc), action="left as is")
+
+    async def detach(self) -> None:
+        with self._lock:
+            self._current = None
+
+    async def logs(self, lines: int) -> list[str]:
+        def work() -> list[str]:
+            container = self._get()
+            if container is None:
+                return []
+            raw: bytes = container.logs(tail=lines)
+            return raw.decode("utf-8", "replace").splitlines()
+
+        try:
+            return await asyncio.to_thread(work)
+        except docker.errors.DockerException:
+            return []

@@ -1,0 +1,236 @@
+"""The supervisor's own settings: a TOML file layered under ``LOCALAI_SUPERVISOR_*`` variables.
+
+Defaults reproduce the hand-run LocalAI container (image ``localai``, port 40080, models at
+``/localai/model``, all GPUs), so an empty settings file supervises what people run today.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from enum import StrEnum
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_SETTINGS_FILE = Path("/etc/localai-supervisor/supervisor.toml")
+ENV_PREFIX = "LOCALAI_SUPERVISOR_"
+
+# Which TOML file the next Settings() reads; a context variable so tests can load several.
+_settings_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "settings_file", default=None
+)
+
+
+class Engine(StrEnum):
+    LOCALAI = "localai"
+    LLAMA_SERVER = "llama-server"
+
+
+class RuntimeKind(StrEnum):
+    DOCKER = "docker"
+    PROCESS = "process"
+
+
+class OnStop(StrEnum):
+    """What SIGTERM does to the LLM server."""
+
+    STOP = "stop"
+    LEAVE = "leave"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SupervisorSection(_Section):
+    state_dir: Path = Path("/var/lib/localai-supervisor")
+    control_socket: Path = Path("/run/localai-supervisor/control.sock")
+    control_socket_group: str | None = None
+    # host:port of the read-only status API; empty disables it.
+    status_api: str = "127.0.0.1:40081"
+    on_stop: OnStop = OnStop.STOP
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = "info"
+
+    @field_validator("status_api")
+    @classmethod
+    def _check_status_api(cls, value: str) -> str:
+        if value:
+            split_host_port(value)
+        return value
+
+
+class ServerSection(_Section):
+    engine: Engine = Engine.LOCALAI
+    runtime: RuntimeKind = RuntimeKind.DOCKER
+    model_config_file: Path = Path("/etc/localai/config.yaml")
+    models_dir: Path = Path("/var/lib/localai/model")
+    # Where the server itself listens (inside its container, or on the host for `process`).
+    # Kept separate from the published address so a gateway can take the public port later.
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(40080, ge=1, le=65535)
+    # Docker only: the host address the container port is published on.
+    publish_host: str = "0.0.0.0"
+    publish_port: int = Field(40080, ge=1, le=65535)
+    single_active_backend: bool = True
+    threads: int = Field(8, ge=1)
+    parallel: int = Field(8, ge=1)
+    startup_timeout: float = Field(600.0, gt=0)
+    stop_timeout: float = Field(30.0, gt=0)
+
+    @property
+    def probe_base_url(self) -> str:
+        """Where the supervisor reaches the server from the host."""
+        return f"http://127.0.0.1:{self.publish_port}"
+
+
+class LocalAISection(_Section):
+    environment: dict[str, str] = Field(
+        default_factory=lambda: {
+            "LOCALAI_LOG_LEVEL": "info",
+            "LOCALAI_PARALLEL_REQUESTS": "true",
+            "PYTHON_GRPC_MAX_WORKERS": "8",
+        }
+    )
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class LlamaServerSection(_Section):
+    # Unset: 1 with single_active_backend, else llama-server's own default of 4.
+    models_max: int | None = Field(None, ge=1)
+    environment: dict[str, str] = Field(default_factory=dict)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class DockerSection(_Section):
+    host: str | None = None
+    image: str = "localai"
+    container_name: str = "localai"
+    # "all", "none", or a comma-separated list of device ids.
+    gpus: str = "all"
+    # Where the models dir and config appear inside the container.
+    container_models_dir: str = "/localai/model"
+    container_model_config: str = "/localai/config.yaml"
+    reconnect_max_delay: float = Field(30.0, gt=0)
+
+
+class ProcessSection(_Section):
+    # Unset: `local-ai` or `llama-server` from PATH (and the test-bench cache for llama-server).
+    binary: Path | None = None
+
+
+class HealthSection(_Section):
+    interval: float = Field(5.0, gt=0)
+    timeout: float = Field(3.0, gt=0)
+    failure_threshold: int = Field(3, ge=1)
+    # Readiness (every model listed) may fail this long before the server is restarted.
+    unhealthy_grace: float = Field(120.0, ge=0)
+
+
+class RestartSection(_Section):
+    backoff_initial: float = Field(1.0, gt=0)
+    backoff_max: float = Field(60.0, gt=0)
+    backoff_multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.2, ge=0, le=1)
+    max_failures: int = Field(5, ge=1)
+    failure_window: float = Field(300.0, gt=0)
+    stable_after: float = Field(120.0, ge=0)
+
+
+class WatchSection(_Section):
+    enabled: bool = True
+    step_ms: int = Field(50, ge=1)
+    debounce_ms: int = Field(1600, ge=1)
+
+
+class Settings(BaseSettings):
+    """Every setting; see etc/localai-supervisor/supervisor.toml for the commented reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    server: ServerSection = Field(default_factory=ServerSection)
+    localai: LocalAISection = Field(default_factory=LocalAISection)
+    llama_server: LlamaServerSection = Field(default_factory=LlamaServerSection)
+    docker: DockerSection = Field(default_factory=DockerSection)
+    process: ProcessSection = Field(default_factory=ProcessSection)
+    health: HealthSection = Field(default_factory=HealthSection)
+    restart: RestartSection = Field(default_factory=RestartSection)
+    watch: WatchSection = Field(default_factory=WatchSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _settings_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+class SettingsError(Exception):
+    """The settings file or environment is unusable; the message names file and field."""
+
+
+def load_settings(path: Path | None, *, required: bool = False, **overrides: Any) -> Settings:
+    """Read ``path`` (TOML) under the environment; a missing default file means defaults."""
+    import tomllib
+
+    if path is not None and not path.exists():
+        if required:
+            raise SettingsError(f"{path}: settings file not found")
+        path = None
+    if path is not None:
+        try:
+            tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: invalid TOML: {exc}") from exc
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read: {exc.strerror}") from exc
+    token = _settings_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        where = str(path) if path else "environment"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"{where}: {problems}") from exc
+    finally:
+        _settings_file.reset(token)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Parse ``host:port`` (``[v6]:port`` too) and reject nonsense early."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    host = host.strip("[]")
+    if host != "localhost":
+        ip_address(host)
+    return host, int(port_s)

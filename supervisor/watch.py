@@ -1,0 +1,93 @@
+"""Watch config.yaml and the models dir; report "something may have changed", debounced.
+
+The watcher only says *that* files changed. Whether that changes the effective spec (and so
+needs a restart) is decided by recomputing the spec and comparing digests, so a ``touch``
+or an editor's temp file never restarts anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from watchfiles import Change, awatch
+
+from .modelconfig import is_temporary_name
+
+log = structlog.get_logger("supervisor.watch")
+
+
+class ConfigFilter:
+    """Keep events for the config file and non-temporary files under the models dir."""
+
+    def __init__(self, config_file: Path, models_dir: Path) -> None:
+        self._config_name = config_file.name
+        self._config_dir = str(config_file.parent.absolute())
+        self._models_dir = str(models_dir.absolute())
+
+    def __call__(self, change: Change, path: str) -> bool:
+        if is_temporary_name(path):
+            return False
+        parent = str(Path(path).parent)
+        if parent == self._config_dir and Path(path).name == self._config_name:
+            return True
+        return path == self._models_dir or path.startswith(self._models_dir + "/")
+
+
+class Watcher:
+    """Runs until ``stop()``; calls ``on_change(paths)`` once per settled batch."""
+
+    def __init__(self, config_file: Path, models_dir: Path, on_change: Callable[[set[str]], None],
+                 *, step_ms: int = 50, debounce_ms: int = 1600) -> None:
+        self._config_file = config_file
+        self._models_dir = models_dir
+        self._on_change = on_change
+        self._step = step_ms
+        self._debounce = debounce_ms
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _roots(self) -> list[Path]:
+        # The config's directory, not the file: editors replace files by rename.
+        roots = {self._config_file.parent.absolute(), self._models_dir.absolute()}
+        return sorted(roots)
+
+    async def run(self) -> None:
+        watch_filter = ConfigFilter(self._config_file, self._models_dir)
+        while not self._stop.is_set():
+            roots = [r for r in self._roots() if r.is_dir()]
+            missing = [r for r in self._roots() if not r.is_dir()]
+            if missing:
+                log.warning("watch.path_missing", paths=[str(m) for m in missing],
+                            action="watching the rest; polling every 2s for them")
+            if not roots:
+                await self._sleep(2.0)
+                continue
+            try:
+                async for changes in awatch(
+                    *roots, watch_filter=watch_filter, step=self._step,
+                    debounce=self._debounce, stop_event=self._stop, recursive=True,
+                    rust_timeout=2000, yield_on_timeout=True,
+                ):
+                    if changes:
+                        self._on_change({p for _, p in changes})
+                    # A missing root appeared: restart the watch to include it.
+                    if missing and any(m.is_dir() for m in missing):
+                        self._on_change({str(m) for m in missing})
+                        break
+                    # A watched root vanished (dir deleted): restart the watch.
+                    if any(not r.is_dir() for r in roots):
+                        self._on_change({str(r) for r in roots})
+                        break
+            except (OSError, RuntimeError) as exc:
+                log.warning("watch.error", error=str(exc), action="restarting the watch in 1s")
+                await self._sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
