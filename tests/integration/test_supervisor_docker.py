@@ -1,0 +1,235 @@
+"""The supervisor against a real dockerd and the real llama-server image (router mode).
+
+Each test runs the real ``localai-supervisor`` console script as a subprocess with its own
+settings, container name and ports, and checks what an operator would check.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from supervised import Supervised
+from testbed import Dockerd, chat
+
+pytestmark = pytest.mark.integration
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def make_supervised(
+    dockerd: Dockerd, llama_image: str, tiny_models: Path, tmp_path: Path
+) -> Iterator[object]:
+    made: list[tuple[Supervised, str]] = []
+
+    def make(models: dict[str, str] | None = None, **sections: dict[str, object]) -> Supervised:
+        name = f"lsv-test-{os.getpid()}-{next(_names)}"
+        docker_section = {"host": dockerd.host, "image": llama_image, "container_name": name,
+                          "gpus": "none", **sections.pop("docker", {})}
+        sup = Supervised.create(
+            tmp_path / name, tiny_models, models or {"tiny-a": "tiny-a.gguf"},
+            server={"runtime": "docker", "listen_port": 8080, **sections.pop("server", {})},
+            docker=docker_section, **sections,
+        )
+        made.append((sup, name))
+        return sup
+
+    yield make
+    for sup, name in made:
+        sup.close()
+        try:
+            dockerd.client().containers.get(name).remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass
+
+
+def container(dockerd: Dockerd, status: dict[str, object]) -> object:
+    inst = status["instance"]
+    assert isinstance(inst, dict)
+    return dockerd.client().containers.get(inst["id"])
+
+
+def started_at(dockerd: Dockerd, cid: str) -> str:
+    return str(dockerd.client().api.inspect_container(cid)["State"]["StartedAt"])
+
+
+def wait_chat(url: str, model: str, timeout: float = 60) -> float:
+    """Seconds until a chat completion to ``model`` answers 200."""
+    start = time.monotonic()
+    last: object = None
+    while time.monotonic() - start < timeout:
+        try:
+            code, body = chat(url, model, timeout=30)
+        except OSError as exc:
+            code, body = 0, str(exc)
+        if code == 200:
+            return time.monotonic() - start
+        last = (code, body)
+        time.sleep(0.05)
+    raise AssertionError(f"{model} did not answer within {timeout}s: {last}")
+
+
+def test_starts_container_and_serves_two_models(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"}).start()
+    st = sup.wait_running()
+    cont = container(dockerd, st)
+    labels = cont.labels
+    assert labels["io.localai-supervisor.managed"] == "true"
+    assert labels["io.localai-supervisor.spec"] == st["config"]["spec"]
+    for model in ("tiny-a", "tiny-b"):
+        code, body = chat(sup.server_url, model)
+        assert code == 200, body
+        assert body["model"] == model or body.get("choices")
+    st = sup.wait_for(lambda s: all(m["listed"] for m in s["models"]), what="models listed")
+    assert {m["name"] for m in st["models"]} == {"tiny-a", "tiny-b"}
+    out = sup.ctl("status")
+    assert out.returncode == 0, out.stderr
+    assert "RUNNING" in out.stdout and "tiny-b" in out.stdout
+
+
+def test_docker_kill_is_restarted_and_serves_again(make_supervised, dockerd: Dockerd,
+                                                   record_property) -> None:
+    sup = make_supervised().start()
+    st = sup.wait_running()
+    cid = st["instance"]["id"]
+    before = started_at(dockerd, cid)
+    wait_chat(sup.server_url, "tiny-a")
+    t0 = time.monotonic()
+    dockerd.client().containers.get(cid).kill()
+    st = sup.wait_for(lambda s: s["restarts"] >= 1 and s["state"] == "RUNNING",
+                      what="restart after docker kill")
+    serving = wait_chat(sup.server_url, "tiny-a") + (time.monotonic() - t0)
+    record_property("docker_kill_to_serving_s", round(time.monotonic() - t0, 3))
+    print(f"docker kill -> serving again: {time.monotonic() - t0:.2f}s ({serving:.2f})")
+    assert started_at(dockerd, st["instance"]["id"]) != before
+    assert any(e["event"] == "server.failed" and "137" in e["detail"]
+               for e in st["recent_events"]), st["recent_events"]
+
+
+def test_config_edit_adding_a_model_restarts_onto_it(make_supervised, record_property) -> None:
+    sup = make_supervised().start()
+    st = sup.wait_running()
+    rev = st["config"]["revision"]
+    t0 = time.monotonic()
+    sup.write_config({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"})
+    sup.wait_for(lambda s: s["config"]["revision"] != rev, what="new revision")
+    waited = wait_chat(sup.server_url, "tiny-b", timeout=60)
+    total = time.monotonic() - t0
+    record_property("config_edit_to_new_model_s", round(total, 3))
+    print(f"config edit -> new model answers: {total:.2f}s (last {waited:.2f}s polling chat)")
+    st = sup.wait_running()
+    assert st["restarts"] == 1
+    assert [m["name"] for m in st["models"]] == ["tiny-a", "tiny-b"]
+
+
+def test_touch_or_comment_only_edit_does_not_restart(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised().start()
+    st = sup.wait_running()
+    cid, rev = st["instance"]["id"], st["config"]["revision"]
+    before = started_at(dockerd, cid)
+    os.utime(sup.config_file)
+    sup.write_config({"tiny-a": "tiny-a.gguf"}, header="# only a comment changed\n")
+    (sup.config_file.parent / "notes.txt~").write_text("editor backup")
+    (sup.models_dir / ".tiny-c.gguf.part").write_bytes(b"GGUF partial")
+    try:
+        time.sleep(3)  # debounce is 0.5 s: give the watcher ample time to (not) act
+        st = sup.status()
+    finally:
+        (sup.models_dir / ".tiny-c.gguf.part").unlink()
+    assert st["state"] == "RUNNING"
+    assert st["instance"]["id"] == cid
+    assert st["config"]["revision"] == rev
+    assert st["restarts"] == 0
+    assert started_at(dockerd, cid) == before
+
+
+def test_invalid_edit_keeps_the_server_running(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised().start()
+    st = sup.wait_running()
+    cid = st["instance"]["id"]
+    sup.config_file.write_text("- name: tiny-a\n  parameters: [unclosed\n")
+    st = sup.wait_for(lambda s: s["config"]["rejected"] is not None, what="rejection")
+    error = st["config"]["rejected"]["errors"][0]
+    assert "config.yaml:" in error and "invalid YAML" in error, error
+    out = sup.ctl("status")
+    assert "REJECTED" in out.stdout, out.stdout
+    assert st["instance"]["id"] == cid and st["state"] == "RUNNING"
+    wait_chat(sup.server_url, "tiny-a")
+    sup.write_config({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"})
+    sup.wait_for(lambda s: s["config"]["rejected"] is None and s["restarts"] == 1
+                 and s["state"] == "RUNNING", what="next valid edit applied")
+    wait_chat(sup.server_url, "tiny-b")
+
+
+def test_sigkilled_supervisor_adopts_its_container(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised().start()
+    st = sup.wait_running()
+    cid = st["instance"]["id"]
+    before = started_at(dockerd, cid)
+    sup.kill()
+    sup.start()
+    st = sup.wait_running()
+    assert st["instance"]["id"] == cid
+    assert st["restarts"] == 0
+    assert started_at(dockerd, cid) == before
+    assert any(e["event"] == "server.adopted" for e in st["recent_events"])
+    wait_chat(sup.server_url, "tiny-a")
+
+
+def test_changed_spec_while_down_recreates_container(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised().start()
+    cid = sup.wait_running()["instance"]["id"]
+    sup.kill()
+    sup.write_config({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"})
+    sup.start()
+    st = sup.wait_running()
+    assert st["instance"]["id"] != cid
+    wait_chat(sup.server_url, "tiny-b")
+
+
+def test_sigterm_stops_the_container_and_exits_zero(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised().start()
+    cid = sup.wait_running()["instance"]["id"]
+    sup.signal(signal.SIGTERM)
+    assert sup.proc is not None
+    assert sup.proc.wait(30) == 0, sup.logs()
+    assert dockerd.client().api.inspect_container(cid)["State"]["Running"] is False
+
+
+def test_on_stop_leave_keeps_the_container(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised(supervisor={"on_stop": "leave"}).start()
+    cid = sup.wait_running()["instance"]["id"]
+    assert sup.stop() == 0
+    assert dockerd.client().api.inspect_container(cid)["State"]["Running"] is True
+    sup.start()
+    assert sup.wait_running()["instance"]["id"] == cid
+
+
+def test_supervisorctl_restart_and_reload(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised().start()
+    st = sup.wait_running()
+    before = started_at(dockerd, st["instance"]["id"])
+    out = sup.ctl("restart")
+    assert out.returncode == 0, out.stderr
+    st = sup.wait_for(lambda s: s["restarts"] == 1 and s["state"] == "RUNNING", what="restart")
+    assert started_at(dockerd, st["instance"]["id"]) != before
+    out = sup.ctl("reload")
+    assert out.returncode == 0 and "unchanged" in out.stdout, (out.stdout, out.stderr)
+    sup.config_file.write_text("- name: [")
+    out = sup.ctl("reload")
+    assert out.returncode == 1 and "invalid YAML" in out.stderr, (out.stdout, out.stderr)
+
+
+def test_image_missing_is_reported_and_backs_off(make_supervised) -> None:
+    sup = make_supervised(docker={"image": "no-such-image:1"},
+                          restart={"max_failures": 2, "backoff_initial": 0.2}).start()
+    st = sup.wait_for(lambda s: s["state"] == "FATAL", what="FATAL")
+    assert "not found" in (st["reason"] or ""), st
+    out = sup.ctl("status")
+    assert out.returncode == 1 and "FATAL" in out.stdout

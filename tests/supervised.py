@@ -1,0 +1,180 @@
+"""Run the real ``localai-supervisor`` as a subprocess and talk to it like an operator would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed import free_port, http_json, log_tail
+
+BIN = Path(sys.executable).parent
+
+
+def model_entry(name: str, filename: str, ctx: int = 1024) -> str:
+    return (f"- name: {name}\n  context_size: {ctx}\n  parameters:\n"
+            f"    model: {filename}\n    max_tokens: 16\n")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class Supervised:
+    """One supervisor with its own directory, socket, ports and settings file."""
+
+    base: Path
+    models_dir: Path
+    settings: dict[str, dict[str, Any]]
+    proc: subprocess.Popen[bytes] | None = None
+    status_port: int = field(default_factory=free_port)
+    server_port: int = field(default_factory=free_port)
+
+    @classmethod
+    def create(cls, base: Path, models_dir: Path, models: dict[str, str],
+               **sections: dict[str, Any]) -> Supervised:
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "config").mkdir(exist_ok=True)
+        sup = cls(base, models_dir, {})
+        sup.write_config(models)
+        settings: dict[str, dict[str, Any]] = {
+            "supervisor": {
+                "state_dir": str(base / "state"),
+                "control_socket": str(base / "ctl.sock"),
+                "status_api": f"127.0.0.1:{sup.status_port}",
+                "log_format": "json",
+                "log_level": "debug",
+            },
+            "server": {
+                "engine": "llama-server",
+                "model_config_file": str(sup.config_file),
+                "models_dir": str(models_dir),
+                "publish_host": "127.0.0.1",
+                "publish_port": sup.server_port,
+                "threads": 2,
+                "startup_timeout": 60.0,
+                "stop_timeout": 5.0,
+            },
+            "health": {"interval": 1.0, "timeout": 3.0, "failure_threshold": 3},
+            "restart": {"backoff_initial": 0.5, "backoff_max": 5.0},
+            "watch": {"debounce_ms": 500},
+        }
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        if settings["server"].get("runtime") == "process":
+            settings["server"].setdefault("listen_host", "127.0.0.1")
+            settings["server"]["listen_port"] = sup.server_port
+        sup.settings = settings
+        sup.settings_file.write_text("\n".join(
+            f"[{sec}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in vals.items())
+            for sec, vals in settings.items()
+        ))
+        return sup
+
+    @property
+    def config_file(self) -> Path:
+        return self.base / "config" / "config.yaml"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.base / "supervisor.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "supervisor.log"
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "ctl.sock"
+
+    @property
+    def server_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+    def write_config(self, models: dict[str, str], header: str = "") -> None:
+        """Write config.yaml the way editors do: a temp file renamed over the old one."""
+        tmp = self.config_file.with_name(".config.yaml.swp")
+        tmp.write_text(header + "".join(model_entry(n, f) for n, f in models.items()))
+        tmp.replace(self.config_file)
+
+    def start(self) -> Supervised:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALAI_SUPERVISOR_")}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "localai-supervisor"), "--config", str(self.settings_file)],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        return self
+
+    def logs(self, lines: int = 60) -> str:
+        return log_tail(self.log_path, lines)
+
+    def status(self) -> dict[str, Any]:
+        code, body = http_json("GET", f"http://127.0.0.1:{self.status_port}/status", timeout=5)
+        assert code == 200, body
+        assert isinstance(body, dict)
+        return body
+
+    def try_status(self) -> dict[str, Any] | None:
+        try:
+            return self.status()
+        except (OSError, AssertionError):
+            return None
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60,
+                 what: str = "condition") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited ({self.proc.returncode}) while waiting "
+                                     f"for {what}:\n{self.logs()}")
+            last = self.try_status()
+            if last is not None and predicate(last):
+                return last
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; last status: {last}\n{self.logs()}")
+
+    def wait_running(self, timeout: float = 60) -> dict[str, Any]:
+        return self.wait_for(lambda s: s["state"] == "RUNNING", timeout, "RUNNING")
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "supervisorctl"), "-s", str(self.socket), *args],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM, wait; SIGKILL if it hangs (and fail loudly in that case)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"supervisor ignored SIGTERM for {timeout}s:\n{self.logs()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
