@@ -37,6 +37,8 @@ from .policy import (
     Launched,
     LaunchFailed,
     Machine,
+    Probe,
+    ProbeResult,
     Restart,
     Rules,
     Start,
@@ -51,6 +53,7 @@ from .runtime import (
     EngineConnection,
     Instance,
     InstanceExited,
+    InstanceHealth,
     LaunchError,
     RuntimeEvent,
     make_runtime,
@@ -299,6 +302,12 @@ class Daemon:
             log.warning("server.exited", reason=msg.reason, state=self.machine.state.value,
                         action="treated as a failure")
             self._feed(Exited(msg.token, msg.reason, random.random()))  # noqa: S311
+        elif isinstance(msg, InstanceHealth):
+            if not msg.healthy:
+                log.warning("probe.failed", probe="docker-healthcheck", error=msg.detail,
+                            state=self.machine.state.value)
+                self._feed(ProbeResult(msg.token, Probe.LIVENESS, False, msg.detail,
+                                       random.random()))  # noqa: S311
         elif isinstance(msg, EngineConnection):
             self.engine_connected = msg.connected
             if msg.connected:

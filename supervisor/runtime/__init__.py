@@ -8,11 +8,19 @@ from pathlib import Path
 
 from ..engines import EngineAdapter
 from ..settings import RuntimeKind, Settings
-from .base import EngineConnection, Instance, InstanceExited, LaunchError, Runtime, RuntimeEvent
+from .base import (
+    EngineConnection,
+    Instance,
+    InstanceExited,
+    InstanceHealth,
+    LaunchError,
+    Runtime,
+    RuntimeEvent,
+)
 
 __all__ = [
-    "EngineConnection", "Instance", "InstanceExited", "LaunchError", "Runtime", "RuntimeEvent",
-    "make_runtime", "program_for",
+    "EngineConnection", "Instance", "InstanceExited", "InstanceHealth", "LaunchError",
+    "Runtime", "RuntimeEvent", "make_runtime", "program_for",
 ]
 
 

@@ -39,6 +39,15 @@ class InstanceExited:
 
 
 @dataclass(frozen=True)
+class InstanceHealth:
+    """The container engine's own verdict (Docker HEALTHCHECK), when the image has one."""
+
+    token: str
+    healthy: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class EngineConnection:
     """The container engine went away or came back (docker only)."""
 
@@ -46,7 +55,7 @@ class EngineConnection:
     detail: str = ""
 
 
-RuntimeEvent = InstanceExited | EngineConnection
+RuntimeEvent = InstanceExited | InstanceHealth | EngineConnection
 Emit = Callable[[RuntimeEvent], None]
 
 

@@ -22,7 +22,15 @@ from docker.types import Mount as DockerMount
 
 from ..settings import Settings
 from ..spec import ServerSpec
-from .base import Emit, EngineConnection, Instance, InstanceExited, LaunchError
+from .base import (
+    Emit,
+    EngineConnection,
+    Instance,
+    InstanceExited,
+    InstanceHealth,
+    LaunchError,
+    RuntimeEvent,
+)
 
 LABEL_MANAGED = "io.localai-supervisor.managed"
 LABEL_SPEC = "io.localai-supervisor.spec"
@@ -102,7 +110,7 @@ class DockerRuntime:
             self._client = self._new_client()
         return self._client
 
-    def _send(self, event: EngineConnection | InstanceExited) -> None:
+    def _send(self, event: RuntimeEvent) -> None:
         if self._loop is not None and self._emit is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._emit, event)
 
@@ -166,13 +174,24 @@ class DockerRuntime:
                         client.close()
 
     def _on_event(self, client: docker.DockerClient, event: dict[str, Any]) -> None:
-        if event.get("status", event.get("Action")) != "die":
-            return
+        action = str(event.get("status", event.get("Action", "")))
         cid = str(event.get("id", ""))
         when = int(event.get("timeNano", 0))
         with self._lock:
             current = self._current
         if current is None or cid != current[0] or when < current[1]:
+            return
+        if action == "oom":
+            log.warning("container.oom", container=cid[:12],
+                        action="the die event that follows triggers the restart")
+            return
+        if action.startswith("health_status:"):
+            verdict = action.partition(":")[2].strip()
+            if verdict in ("healthy", "unhealthy"):
+                self._send(InstanceHealth(current[2], verdict == "healthy",
+                                          f"docker HEALTHCHECK: {verdict}"))
+            return
+        if action != "die":
             return
         attrs = event.get("Actor", {}).get("Attributes", {})
         code = attrs.get("exitCode")

@@ -233,3 +233,83 @@ def test_image_missing_is_reported_and_backs_off(make_supervised) -> None:
     assert "not found" in (st["reason"] or ""), st
     out = sup.ctl("status")
     assert out.returncode == 1 and "FATAL" in out.stdout
+
+
+class SocketProxy:
+    """A unix-socket forwarder in front of dockerd that the test can cut and restore."""
+
+    def __init__(self, path: Path, target: str) -> None:
+        import socket
+        import threading
+
+        self.path, self.target = path, target
+        self._socket, self._threading = socket, threading
+        self._conns: list[object] = []
+        self._listener: object | None = None
+        self.up()
+
+    def up(self) -> None:
+        s = self._socket.socket(self._socket.AF_UNIX, self._socket.SOCK_STREAM)
+        self.path.unlink(missing_ok=True)
+        s.bind(str(self.path))
+        s.listen(16)
+        self._listener = s
+        self._threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, listener: object) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()  # type: ignore[attr-defined]
+            except OSError:
+                return
+            upstream = self._socket.socket(self._socket.AF_UNIX, self._socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: object, dst: object) -> None:
+        try:
+            while data := src.recv(65536):  # type: ignore[attr-defined]
+                dst.sendall(data)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)  # type: ignore[attr-defined]
+                except OSError:
+                    pass
+
+    def down(self) -> None:
+        """The engine 'goes away': listener and every open connection are cut."""
+        if self._listener is not None:
+            self._listener.close()  # type: ignore[attr-defined]
+        for c in self._conns:
+            try:
+                c.shutdown(2)  # type: ignore[attr-defined]
+                c.close()  # type: ignore[attr-defined]
+            except OSError:
+                pass
+        self._conns.clear()
+        self.path.unlink(missing_ok=True)
+
+
+def test_engine_going_away_is_reported_and_reconnected(make_supervised, dockerd: Dockerd,
+                                                       tmp_path: Path) -> None:
+    proxy = SocketProxy(tmp_path / "proxy.sock", dockerd.host.removeprefix("unix://"))
+    sup = make_supervised(docker={"host": f"unix://{proxy.path}",
+                                  "reconnect_max_delay": 1.0}).start()
+    cid = sup.wait_running()["instance"]["id"]
+    proxy.down()
+    st = sup.wait_for(lambda s: s["runtime_connected"] is False, timeout=30,
+                      what="disconnect reported")
+    assert st["state"] == "RUNNING"  # the server itself is fine: nothing is restarted
+    wait_chat(sup.server_url, "tiny-a")
+    dockerd.client().containers.get(cid).kill()  # dies while the supervisor cannot see events
+    proxy.up()
+    st = sup.wait_for(lambda s: s["runtime_connected"] and s["restarts"] == 1
+                      and s["state"] == "RUNNING", timeout=60, what="reconnect + restart")
+    assert any(e["event"] == "runtime.disconnected" for e in st["recent_events"])
+    wait_chat(sup.server_url, "tiny-a")

@@ -1,0 +1,131 @@
+"""Tiny but real GGUF llama models, so tests and the demo run llama-server without downloads.
+
+The model has a byte vocabulary and random weights: it loads, tokenizes and generates
+(gibberish) exactly like a real one, in a file of a few hundred kilobytes.
+
+Usage: python -m supervisor.tinygguf OUT.gguf [--seed N] [--context-length N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import gguf
+import numpy as np
+import numpy.typing as npt
+
+# ChatML-shaped, so llama-server's Jinja path is exercised the way real chat models use it.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+# llama.cpp's SPM defaults: <unk>=0, <s>=1, </s>=2; the 256 byte tokens follow.
+_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+def _vocab() -> tuple[list[str], list[float], list[int]]:
+    """Special tokens plus one token per byte: every text tokenizes, no merges needed."""
+    tokens = list(_SPECIAL_TOKENS) + [f"<0x{b:02X}>" for b in range(256)]
+    scores = [0.0] * len(tokens)
+    types = [int(gguf.TokenType.UNKNOWN), int(gguf.TokenType.CONTROL), int(gguf.TokenType.CONTROL)]
+    types += [int(gguf.TokenType.BYTE)] * 256
+    return tokens, scores, types
+
+
+def write_tiny_llama(
+    path: Path,
+    *,
+    seed: int = 0,
+    context_length: int = 4096,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_ff: int = 128,
+    chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
+    name: str = "tiny",
+) -> Path:
+    """Write a random-weight llama model to ``path``; different seeds give different files."""
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+    tokens, scores, types = _vocab()
+    n_vocab = len(tokens)
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows: int, cols: int) -> npt.NDArray[np.float16]:
+        # Small weights keep activations finite through RMSNorm and SwiGLU; f16 halves the file.
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+
+    def ones(n: int) -> npt.NDArray[np.float32]:
+        return np.ones(n, dtype=np.float32)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name(name)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head)
+    writer.add_rope_dimension_count(n_embd // n_head)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(UNK_ID)
+    writer.add_bos_token_id(BOS_ID)
+    writer.add_eos_token_id(EOS_ID)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+
+    # numpy shape is (rows, cols) = ggml (ne1, ne0): weights are stored as (out, in).
+    writer.add_tensor("token_embd.weight", matrix(n_vocab, n_embd))
+    writer.add_tensor("output_norm.weight", ones(n_embd))
+    writer.add_tensor("output.weight", matrix(n_vocab, n_embd))
+    for i in range(n_layer):
+        blk = f"blk.{i}"
+        writer.add_tensor(f"{blk}.attn_norm.weight", ones(n_embd))
+        for proj in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"{blk}.{proj}.weight", matrix(n_embd, n_embd))
+        writer.add_tensor(f"{blk}.ffn_norm.weight", ones(n_embd))
+        writer.add_tensor(f"{blk}.ffn_gate.weight", matrix(n_ff, n_embd))
+        writer.add_tensor(f"{blk}.ffn_up.weight", matrix(n_ff, n_embd))
+        writer.add_tensor(f"{blk}.ffn_down.weight", matrix(n_embd, n_ff))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a tiny random-weight llama GGUF model.")
+    parser.add_argument("out", type=Path, help="output .gguf path")
+    parser.add_argument("--seed", type=int, default=0, help="weights seed (default: 0)")
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        default=4096,
+        help="llama.context_length metadata, which caps llama-server's context (default: 4096)",
+    )
+    parser.add_argument("--name", default="tiny", help="general.name metadata (default: tiny)")
+    args = parser.parse_args(argv)
+    out = write_tiny_llama(
+        args.out, seed=args.seed, context_length=args.context_length, name=args.name
+    )
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
