@@ -165,10 +165,12 @@ class Supervised:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"supervisor ignored SIGTERM for {timeout}s:\n{self.logs()}")
+            raise AssertionError(
+                f"supervisor ignored SIGTERM for {timeout}s:\n{self.logs()}"
+            ) from exc
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -6,13 +6,17 @@ settings, container name and ports, and checks what an operator would check.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 from supervised import Supervised
 from testbed import Dockerd, chat
@@ -43,10 +47,8 @@ def make_supervised(
     yield make
     for sup, name in made:
         sup.close()
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             dockerd.client().containers.get(name).remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
 
 
 def container(dockerd: Dockerd, status: dict[str, object]) -> object:
@@ -239,59 +241,48 @@ class SocketProxy:
     """A unix-socket forwarder in front of dockerd that the test can cut and restore."""
 
     def __init__(self, path: Path, target: str) -> None:
-        import socket
-        import threading
-
         self.path, self.target = path, target
-        self._socket, self._threading = socket, threading
-        self._conns: list[object] = []
-        self._listener: object | None = None
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
         self.up()
 
     def up(self) -> None:
-        s = self._socket.socket(self._socket.AF_UNIX, self._socket.SOCK_STREAM)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.path.unlink(missing_ok=True)
-        s.bind(str(self.path))
-        s.listen(16)
-        self._listener = s
-        self._threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+        listener.bind(str(self.path))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
-    def _accept(self, listener: object) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                client, _ = listener.accept()  # type: ignore[attr-defined]
+                client, _ = listener.accept()
             except OSError:
                 return
-            upstream = self._socket.socket(self._socket.AF_UNIX, self._socket.SOCK_STREAM)
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.connect(self.target)
             self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     @staticmethod
-    def _pump(src: object, dst: object) -> None:
-        try:
-            while data := src.recv(65536):  # type: ignore[attr-defined]
-                dst.sendall(data)  # type: ignore[attr-defined]
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(2)  # type: ignore[attr-defined]
-                except OSError:
-                    pass
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     def down(self) -> None:
         """The engine 'goes away': listener and every open connection are cut."""
         if self._listener is not None:
-            self._listener.close()  # type: ignore[attr-defined]
+            self._listener.close()
         for c in self._conns:
-            try:
-                c.shutdown(2)  # type: ignore[attr-defined]
-                c.close()  # type: ignore[attr-defined]
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
         self._conns.clear()
         self.path.unlink(missing_ok=True)
 

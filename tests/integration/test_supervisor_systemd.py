@@ -5,6 +5,7 @@ Uses the process runtime (no container engine needed) and a NOTIFY_SOCKET bound 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -33,10 +34,8 @@ class NotifySocket:
                 if needle in msg:
                     self.messages.remove(msg)
                     return msg
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                pass
         raise AssertionError(f"no {needle!r} notification within {timeout}s: {self.messages}")
 
 
