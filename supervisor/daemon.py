@@ -518,7 +518,7 @@ class Daemon:
         if existing is not None:
             self.instance = existing
             self._last_launch = self._clock()
-            self._feed(Adopted(existing.token))
+            self._feed(Adopted(existing.token, existing.ident[:12]))
         else:
             self._feed(Start("supervisor start"))
         self._notifier.ready(self._status_line())

@@ -68,6 +68,8 @@ class Adopted:
     """An already running instance matching the spec was taken over at boot."""
 
     instance: str
+    # Container id or pid, for the log line.
+    ident: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,8 @@ def _adopt(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     return Decision(
         _enter(m, State.STARTING, now, instance=e.instance, liveness_failures=0,
                readiness_failures=0, ready=False),
-        (Announce("server.adopted", f"instance {e.instance} already runs the current spec"),),
+        (Announce("server.adopted",
+                  f"instance {e.ident or e.instance} already runs the current spec"),),
     )
 
 
