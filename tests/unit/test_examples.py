@@ -1,0 +1,64 @@
+"""The shipped example files stay true: every setting documented, every example loadable."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from supervisor.modelconfig import ModelEntry
+from supervisor.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS_EXAMPLE = REPO / "etc" / "localai-supervisor" / "supervisor.toml"
+CONFIG_EXAMPLE = REPO / "etc" / "localai" / "config.yaml"
+
+
+def _uncommented() -> str:
+    return re.sub(r"^# ([a-z_]+ = .*)$", r"\1", SETTINGS_EXAMPLE.read_text(), flags=re.M)
+
+
+def test_example_settings_file_loads_as_is() -> None:
+    assert load_settings(SETTINGS_EXAMPLE, required=True) == load_settings(None)
+
+
+def test_every_setting_is_documented_in_the_example() -> None:
+    documented = tomllib.loads(_uncommented())
+    for section, values in Settings().model_dump().items():
+        missing = set(values) - set(documented.get(section, {}))
+        assert not missing, f"[{section}] lacks {sorted(missing)} in {SETTINGS_EXAMPLE}"
+
+
+def test_documented_values_are_the_defaults(tmp_path: Path) -> None:
+    doc = tomllib.loads(_uncommented())
+    # Settings whose default is "unset" show an example value instead.
+    doc["supervisor"].pop("control_socket_group")
+    doc["llama_server"].pop("models_max")
+    doc["docker"].pop("host")
+    doc["process"].pop("binary")
+    path = tmp_path / "uncommented.toml"
+    path.write_text("\n".join(
+        f"[{sec}]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in vals.items())
+        for sec, vals in doc.items()))
+    assert load_settings(path, required=True) == Settings()
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return repr(value)
+
+
+def test_example_model_config_has_the_three_models() -> None:
+    data = yaml.safe_load(CONFIG_EXAMPLE.read_text())
+    entries = [ModelEntry.model_validate(m) for m in data]
+    assert [e.name for e in entries] == ["vicuna-13b", "karakuri-8x7b", "karakuri-70b"]
+    assert all(e.parameters.model and e.parameters.model.endswith(".gguf") for e in entries)
