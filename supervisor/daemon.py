@@ -25,7 +25,8 @@ import structlog
 from . import __version__
 from .engines import engine_for
 from .health import ModelsSeen, Prober
-from .modelconfig import ConfigRejected, ModelSet, Problem, load_model_set
+from .lint import LintContext
+from .modelconfig import ModelSet, Pending, Problem, Validation, validate
 from .notify import Notifier
 from .policy import (
     LIVE_STATES,
@@ -61,11 +62,12 @@ from .runtime import (
 )
 from .settings import OnStop, Settings, SettingsError, load_settings
 from .spec import ServerSpec, build_spec, rendered_dir, write_rendered
-from .watch import Watcher
+from .watch import Observation, Watcher, unsettled
 
 log = structlog.get_logger("supervisor")
 
 TICK_SECONDS = 0.5
+RECHECK_SECONDS = 1.0
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -157,6 +159,12 @@ class Daemon:
         self._last_launch: float | None = None
         self._exit_when_stopped = False
         self._counters = _Counters()
+        self.warnings: list[Problem] = []
+        self.pending: list[Pending] = []
+        self._last_warnings: tuple[str, ...] = ()
+        self._last_dropped: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._seen_files: dict[str, Observation] = {}
+        self._recheck_at: float | None = None
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -182,46 +190,109 @@ class Daemon:
             line += f": {m.last_reason}"
         if self.rejection is not None:
             line += "; config change rejected"
+        if self.pending:
+            line += f"; waiting for {len(self.pending)} model file(s) being written"
         return line
 
     # -- config ----------------------------------------------------------------------------
 
-    def _load(self) -> tuple[ModelSet, ServerSpec] | list[Problem]:
+    def _lint_context(self) -> LintContext:
         srv = self.settings.server
+        gpu = int(srv.gpu_memory_gb * 1e9) if srv.gpu_memory_gb else None
+        return LintContext(engine=srv.engine, single_active_backend=srv.single_active_backend,
+                           parallel=srv.parallel, gpu_memory_bytes=gpu)
+
+    def _load(self) -> tuple[ModelSet, ServerSpec] | Validation:
+        """Validate config + models dir; a spec only when valid, complete and settled."""
+        srv = self.settings.server
+        result = validate(srv.model_config_file, srv.models_dir, self._lint_context())
+        self._report_warnings(result)
+        if result.models is None:
+            return result
+        waiting = self._unsettled(result.models)
+        if waiting:
+            return Validation(None, result.problems, tuple(waiting))
         try:
-            models = load_model_set(srv.model_config_file, srv.models_dir)
-        except ConfigRejected as exc:
-            return exc.problems
-        try:
-            spec, launch = build_spec(self.settings, models, self._engine,
+            spec, launch = build_spec(self.settings, result.models, self._engine,
                                       program_for(self.settings, self._engine))
         except ValueError as exc:
-            return [Problem(srv.model_config_file, str(exc))]
-        for name, fields in launch.dropped:
-            log.warning("engine.fields_dropped", model=name, fields=list(fields),
-                        engine=str(self._engine.kind),
-                        action="ignored; llama-server uses the GGUF's own chat template")
-        return models, spec
+            return Validation(None, (Problem(srv.model_config_file, str(exc)),), ())
+        dropped = tuple(launch.dropped)
+        if dropped != self._last_dropped:
+            self._last_dropped = dropped
+            for name, fields in dropped:
+                log.warning("engine.fields_dropped", model=name, fields=list(fields),
+                            engine=str(self._engine.kind),
+                            action="not passed to llama-server (it uses the GGUF's own chat "
+                            "template and stop tokens)")
+        return result.models, spec
+
+    def _report_warnings(self, result: Validation) -> None:
+        """Log lint warnings once per distinct set, not on every re-check."""
+        warnings = tuple(str(w) for w in result.warnings)
+        if warnings == self._last_warnings:
+            return
+        self._last_warnings = warnings
+        self.warnings = list(result.warnings)
+        for w in result.warnings:
+            log.warning("config.warning", code=w.code, file=str(w.file), line=w.line,
+                        model=w.model, field=w.field, warning=w.message, hint=w.hint,
+                        action="applied anyway (a warning, not an error)")
+
+    def _unsettled(self, models: ModelSet) -> list[Pending]:
+        """Referenced model files that changed within watch.settle_seconds."""
+        stats: dict[str, tuple[int, int]] = {}
+        for f in models.files:
+            path = self.settings.server.models_dir / f.relpath
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stats[str(path)] = (st.st_size, st.st_mtime_ns)
+        changing, self._seen_files = unsettled(
+            stats, self._seen_files, now=self._clock(), wall_now=time.time(),
+            quiet=self.settings.watch.settle_seconds)
+        return [Pending(next((f.name for f in models.files if str(
+            self.settings.server.models_dir / f.relpath) == p), "?"), Path(p),
+            f"modified within the last {self.settings.watch.settle_seconds:g}s "
+            "(still being written?)") for p in changing]
 
     def _reject(self, problems: list[Problem], keeping: str) -> None:
         self.rejection = Rejection(time.time(), problems)
+        self.pending = []
         for p in problems:
             log.error("config.rejected", file=str(p.file), line=p.line, column=p.column,
-                      field=p.field, error=p.message, action=keeping)
+                      field=p.field, error=p.message, hint=p.hint, action=keeping)
         self._note("config.rejected", "; ".join(str(p) for p in problems))
         self._notifier.status(self._status_line())
 
+    def _wait_for(self, pending: list[Pending], keeping: str) -> None:
+        """Files still being copied: apply nothing yet, look again in a second."""
+        if [str(p.path) for p in pending] != [str(p.path) for p in self.pending]:
+            for p in pending:
+                log.info("config.pending", model=p.model, file=str(p.path), reason=p.reason,
+                         action=f"{keeping}; re-checking every {RECHECK_SECONDS:g}s")
+        self.pending = pending
+        self.rejection = None
+        self._recheck_at = self._clock() + RECHECK_SECONDS
+
     def _apply_config(self, reason: str) -> dict[str, Any]:
         """Re-read config and models; restart onto the result only if the spec changed."""
+        self._recheck_at = None
         loaded = self._load()
         keeping = (f"kept revision {self.models.revision} running" if self.models
                    else "server not started")
-        if isinstance(loaded, list):
-            self._reject(loaded, keeping)
-            return {"applied": False, "restarting": False,
-                    "errors": [str(p) for p in loaded]}
+        if isinstance(loaded, Validation):
+            if loaded.errors:
+                self._reject(loaded.errors, keeping)
+                return {"applied": False, "restarting": False,
+                        "errors": [str(p) for p in loaded.errors]}
+            self._wait_for(list(loaded.pending), keeping)
+            return {"applied": False, "restarting": False, "pending": [
+                f"{p.model}: {p.path}: {p.reason}" for p in loaded.pending]}
         models, spec = loaded
         self.rejection = None
+        self.pending = []
         if self.spec is not None and spec.digest() == self.spec.digest():
             log.debug("config.unchanged", revision=models.revision, reason=reason)
             self.models = models
@@ -231,7 +302,11 @@ class Daemon:
         log.info("config.applied", revision=models.revision, previous=old, reason=reason,
                  models=list(models.names))
         self._note("config.applied", f"revision {old} -> {models.revision} ({reason})")
-        self._feed(Restart(f"config changed ({reason}): revision {old} -> {models.revision}"))
+        if old is None:
+            self._feed(Start(f"config ready ({reason})"))
+        else:
+            self._feed(Restart(f"config changed ({reason}): revision {old} -> "
+                               f"{models.revision}"))
         return {"applied": True, "restarting": True, "revision": models.revision}
 
     # -- the policy and its actions --------------------------------------------------------
@@ -297,6 +372,8 @@ class Daemon:
     async def _handle(self, msg: Message) -> None:
         if isinstance(msg, Tick):
             self._notifier.watchdog(self._clock())
+            if self._recheck_at is not None and self._clock() >= self._recheck_at:
+                self._apply_config("re-check of files being written")
             self._feed(msg)
         elif isinstance(msg, InstanceExited):
             log.warning("server.exited", reason=msg.reason, state=self.machine.state.value,
@@ -449,6 +526,9 @@ class Daemon:
                 "revision": self.models.revision if self.models else None,
                 "spec": self.spec.digest() if self.spec else None,
                 "rejected": rejection,
+                "pending": [{"model": p.model, "file": str(p.path), "reason": p.reason}
+                            for p in self.pending],
+                "warnings": [w.as_dict() for w in self.warnings],
             },
             "models": models,
             "recent_events": [
@@ -491,27 +571,15 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def run(self, *, servers: Callable[[Daemon], Awaitable[Callable[[], Awaitable[None]]]]
-                  | None = None) -> int:
-        """Boot, loop until stopped, shut down in bounded stages. Returns the exit code."""
-        loaded = self._load()
-        if isinstance(loaded, list):
-            self._reject(loaded, "server not started")
-            log.error("supervisor.start_failed", cause="invalid model configuration",
-                      action="exiting; fix the file and start again")
-            return EXIT_CONFIG
-        self.models, self.spec = loaded
-        self._install_signals()
-        await self._runtime.open(self._on_runtime_event)
-        close_servers: Callable[[], Awaitable[None]] | None = None
-        if servers is not None:
-            close_servers = await servers(self)
+    async def _boot(self, models: ModelSet, spec: ServerSpec) -> None:
+        """Adopt a running instance that already matches the spec, or start one."""
+        self.models, self.spec = models, spec
         log.info("supervisor.started", version=__version__, pid=os.getpid(),
                  engine=str(self.settings.server.engine),
                  runtime=str(self.settings.server.runtime),
-                 revision=self.models.revision, spec=self.spec.digest())
+                 revision=models.revision, spec=spec.digest())
         try:
-            existing = await self._runtime.find(self.spec.digest())
+            existing = await self._runtime.find(spec.digest())
         except Exception as exc:
             log.warning("runtime.find_failed", error=str(exc), action="starting a new instance")
             existing = None
@@ -521,6 +589,28 @@ class Daemon:
             self._feed(Adopted(existing.token, existing.ident[:12]))
         else:
             self._feed(Start("supervisor start"))
+
+    async def run(self, *, servers: Callable[[Daemon], Awaitable[Callable[[], Awaitable[None]]]]
+                  | None = None) -> int:
+        """Boot, loop until stopped, shut down in bounded stages. Returns the exit code."""
+        loaded = self._load()
+        if isinstance(loaded, Validation) and loaded.errors:
+            self._reject(loaded.errors, "server not started")
+            log.error("supervisor.start_failed", cause="invalid model configuration",
+                      action="exiting; fix the file and start again")
+            return EXIT_CONFIG
+        self._install_signals()
+        await self._runtime.open(self._on_runtime_event)
+        close_servers: Callable[[], Awaitable[None]] | None = None
+        if servers is not None:
+            close_servers = await servers(self)
+        if isinstance(loaded, Validation):
+            log.info("supervisor.started", version=__version__, pid=os.getpid(),
+                     engine=str(self.settings.server.engine),
+                     runtime=str(self.settings.server.runtime), revision=None)
+            self._wait_for(list(loaded.pending), "server not started yet")
+        else:
+            await self._boot(*loaded)
         self._notifier.ready(self._status_line())
         self._spawn(self._ticker(), "ticker")
         self._spawn(self._probe_loop(), "probes")

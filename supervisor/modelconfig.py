@@ -1,7 +1,10 @@
-"""LocalAI's model config (``config.yaml``: a list of model entries), parsed and checked.
+"""LocalAI's model config, parsed, checked and linted: what the server may be restarted onto.
 
-Only what the supervisor needs to decide and render is typed here; every other key is kept
-verbatim so LocalAI still sees it. A config with errors is never applied.
+Sources are read the way LocalAI reads them (core/config/model_config_loader.go): the config
+file (``--config-file``: a list of entries, or one mapping) and every ``*.yaml``/``*.yml``
+in the models dir that is not a dotfile (one entry or a list each). Only the fields the
+supervisor decides on are typed; every other key is kept verbatim for LocalAI. A result
+with errors is never applied; one whose model files are still being copied is *pending*.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,9 +20,22 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .findings import Problem, Severity
+from .ggufinfo import GGUFError, GGUFInfo, ModelFileInfo, inspect_model
+from .lint import Lint, LintContext, ModelFacts, closest, lint
+from .localai_schema import LEGACY_KEYS, MODEL_KEYS, known_keys
+
+__all__ = [
+    "ConfigRejected", "ModelEntry", "ModelFile", "ModelSet", "Pending", "Problem", "Severity",
+    "Validation", "fingerprint_file", "is_temporary_name", "load_model_set",
+    "resolve_model_path", "validate",
+]
+
 # Read this much of each end of a model file for its fingerprint: catches a re-copied file
 # without reading 40 GB.
 _FINGERPRINT_BYTES = 64 * 1024
+_MAX_YAML_BYTES = 4 * 1024 * 1024
+_LLAMA_BACKENDS = {None, "", "llama-cpp", "llama", "llama.cpp", "llama-cpp-fallback"}
 
 
 class Parameters(BaseModel):
@@ -33,8 +50,19 @@ class Parameters(BaseModel):
     batch: int | None = None
 
 
+class TemplateSection(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    chat: str | None = None
+    chat_message: str | None = None
+    completion: str | None = None
+    edit: str | None = None
+    function: str | None = None
+    use_tokenizer_template: bool | None = None
+
+
 class ModelEntry(BaseModel):
-    """One model of config.yaml; unknown keys are preserved for LocalAI."""
+    """One model; unknown keys are preserved for LocalAI (and warned about by the schema)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -44,38 +72,18 @@ class ModelEntry(BaseModel):
     context_size: int | None = Field(None, ge=1)
     gpu_layers: int | None = None
     threads: int | None = Field(None, ge=1)
-    batch: int | None = Field(None, ge=1)
     mmap: bool | None = None
     mmlock: bool | None = None
     f16: bool | None = None
     embeddings: bool | None = None
-    template: dict[str, Any] | None = None
+    template: TemplateSection | None = None
     stopwords: list[str] | None = None
+    options: list[str] | None = None
 
     @property
     def extra_keys(self) -> set[str]:
         """Top-level keys that are not typed here (carried to LocalAI as they are)."""
         return set(self.model_extra or {})
-
-
-@dataclass(frozen=True)
-class Problem:
-    """An error or warning located in a file."""
-
-    file: Path
-    message: str
-    line: int | None = None
-    column: int | None = None
-    field: str | None = None
-
-    def __str__(self) -> str:
-        where = str(self.file)
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        prefix = f"{self.field}: " if self.field else ""
-        return f"{where}: {prefix}{self.message}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,15 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
+class Pending:
+    """A model file that is not ready yet (still being copied): the config waits for it."""
+
+    model: str
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """A valid, complete model configuration: what a server may be (re)started onto."""
 
@@ -96,10 +113,29 @@ class ModelSet:
     entries: tuple[ModelEntry, ...]
     files: tuple[ModelFile, ...]
     revision: str = field(default="")
+    sources: tuple[Path, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.entries)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Everything a check found; ``models`` is set only when there are no errors or pendings."""
+
+    models: ModelSet | None
+    problems: tuple[Problem, ...]
+    pending: tuple[Pending, ...]
+    ggufs: Mapping[str, GGUFInfo] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.WARNING]
 
 
 class ConfigRejected(Exception):
@@ -108,6 +144,16 @@ class ConfigRejected(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
+
+
+@dataclass
+class _Source:
+    """One entry as read: where it came from and its YAML node (for line numbers)."""
+
+    file: Path
+    raw: Any
+    node: yaml.Node | None
+    label: str
 
 
 def _line_of(node: yaml.Node | None) -> int | None:
@@ -121,36 +167,26 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None]:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        reason = exc.problem or exc.context or "invalid YAML"
-        raise ConfigRejected(
-            [
-                Problem(
-                    path,
-                    f"invalid YAML: {reason}",
-                    line=mark.line + 1 if mark else None,
-                    column=mark.column + 1 if mark else None,
-                )
-            ]
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigRejected([Problem(path, f"invalid YAML: {exc}")]) from exc
+        reason = ", ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
+        raise ConfigRejected([Problem(
+            path, f"invalid YAML: {reason}", line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None, code="yaml-syntax",
+        )]) from exc
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:
+        raise ConfigRejected([Problem(path, f"invalid YAML: {exc}", code="yaml-syntax")]) from exc
     return data, node
 
 
-def _entry_nodes(root: yaml.Node | None) -> list[yaml.Node | None]:
-    if isinstance(root, yaml.SequenceNode):
-        return list(root.value)
-    return []
-
-
-def _field_line(entry_node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree to its line."""
+def _field_line(entry_node: yaml.Node | None, loc: Iterable[int | str]) -> int | None:
+    """Follow a field path through the YAML node tree to its line (the nearest known one)."""
     node = entry_node
     for key in loc:
         if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == key), None)
+            nxt = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
             if nxt is None:
-                break
+                key_node = next((k for k, _ in node.value if getattr(k, "value", None) == key),
+                                None)
+                return _line_of(key_node) if key_node is not None else _line_of(node)
             node = nxt
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
             if key >= len(node.value):
@@ -159,6 +195,20 @@ def _field_line(entry_node: yaml.Node | None, loc: tuple[int | str, ...]) -> int
         else:
             break
     return _line_of(node)
+
+
+def _key_line(entry_node: yaml.Node | None, loc: tuple[str, ...]) -> int | None:
+    """Line of the key itself (for unknown keys, whose value may span lines)."""
+    parent = entry_node
+    for key in loc[:-1]:
+        if not isinstance(parent, yaml.MappingNode):
+            return _line_of(entry_node)
+        parent = next((v for k, v in parent.value if getattr(k, "value", None) == key), None)
+    if isinstance(parent, yaml.MappingNode):
+        for k, _ in parent.value:
+            if getattr(k, "value", None) == loc[-1]:
+                return _line_of(k)
+    return _line_of(parent)
 
 
 def resolve_model_path(models_dir: Path, relpath: str) -> Path | None:
@@ -170,9 +220,9 @@ def resolve_model_path(models_dir: Path, relpath: str) -> Path | None:
 
 
 def fingerprint_file(path: Path) -> tuple[int, str]:
-    """Size plus a hash of inode and both ends: changes when a file is replaced or re-copied.
+    """Size plus a hash of identity and both ends: changes when a file is replaced or re-copied.
 
-    mtime is left out on purpose: ``touch`` must not restart the server.
+    mtime is left out on purpose: a ``touch`` must not reload a 40 GB model.
     """
     st = path.stat()
     digest = hashlib.sha256(f"{st.st_dev}:{st.st_ino}:{st.st_size}".encode())
@@ -184,95 +234,294 @@ def fingerprint_file(path: Path) -> tuple[int, str]:
     return st.st_size, digest.hexdigest()[:16]
 
 
-def load_model_set(config_file: Path, models_dir: Path) -> ModelSet:
-    """Read and check config.yaml and the files it names; raise ConfigRejected on errors."""
-    try:
-        text = config_file.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigRejected([Problem(config_file, "file not found")]) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigRejected([Problem(config_file, f"cannot read: {exc}")]) from exc
-    data, root = parse_yaml(config_file, text)
-    if data is None:
-        raise ConfigRejected([Problem(config_file, "no models: the file is empty")])
-    if not isinstance(data, list):
-        raise ConfigRejected(
-            [Problem(config_file, "expected a YAML list of models (- name: …)", line=1)]
-        )
-    problems: list[Problem] = []
-    entries: list[ModelEntry] = []
-    nodes = _entry_nodes(root)
-    seen: dict[str, int | None] = {}
-    for index, raw in enumerate(data):
-        node = nodes[index] if index < len(nodes) else None
-        if not isinstance(raw, dict):
-            problems.append(Problem(config_file, "model entry must be a mapping",
-                                    line=_line_of(node), field=f"[{index}]"))
-            continue
-        try:
-            entry = ModelEntry.model_validate(raw)
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = tuple(err["loc"])
-                label = raw.get("name") if isinstance(raw.get("name"), str) else f"[{index}]"
-                problems.append(Problem(
-                    config_file, err["msg"], line=_field_line(node, loc),
-                    field=f"{label}." + ".".join(str(p) for p in loc),
-                ))
-            continue
-        if entry.name in seen:
-            problems.append(Problem(
-                config_file, f"duplicate model name (first defined on line {seen[entry.name]})",
-                line=_line_of(node), field=f"{entry.name}.name",
-            ))
-        seen.setdefault(entry.name, _line_of(node))
-        entries.append(entry)
-
-    files: list[ModelFile] = []
-    for index, entry in enumerate(entries):
-        node = nodes[index] if index < len(nodes) else None
-        rel = entry.parameters.model
-        if rel is None:
-            continue
-        line = _field_line(node, ("parameters", "model"))
-        where = f"{entry.name}.parameters.model"
-        target = resolve_model_path(models_dir, rel)
-        if target is None:
-            problems.append(Problem(config_file, f"{rel!r} escapes the models dir {models_dir}",
-                                    line=line, field=where))
-            continue
-        if not target.is_file():
-            problems.append(Problem(config_file, f"{rel!r} does not exist in {models_dir}",
-                                    line=line, field=where))
-            continue
-        try:
-            size, fp = fingerprint_file(target)
-        except OSError as exc:
-            problems.append(Problem(config_file, f"cannot read {target}: {exc.strerror}",
-                                    line=line, field=where))
-            continue
-        files.append(ModelFile(entry.name, rel, size, fp))
-
-    if not entries and not problems:
-        problems.append(Problem(config_file, "no models: the list is empty", line=1))
-    if problems:
-        raise ConfigRejected(problems)
-    canonical = json.dumps(
-        {
-            "entries": [e.model_dump(mode="json", exclude_none=True) for e in entries],
-            "files": [(f.relpath, f.size, f.fingerprint) for f in files],
-        },
-        sort_keys=True,
-    )
-    revision = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    return ModelSet(config_file, tuple(entries), tuple(files), revision)
-
-
 def is_temporary_name(name: str) -> bool:
     """Names of files still being written (downloads, editor swap files, dotfiles)."""
-    base = os.path.basename(name)
+    base = os.path.basename(name.rstrip("/"))
     return (
-        base.startswith(".")
+        base.startswith((".", "#"))
         or base.endswith(("~", ".part", ".tmp", ".download", ".crdownload", ".swp", ".swx"))
-        or base.startswith("#")
     )
+
+
+def _read_sources(path: Path, *, required: bool) -> tuple[list[_Source], list[Problem]]:
+    try:
+        if path.stat().st_size > _MAX_YAML_BYTES:
+            return [], [Problem(path, f"larger than {_MAX_YAML_BYTES // 1024 // 1024} MiB: "
+                                "not a model config", code="too-large")]
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], ([Problem(path, "file not found", code="missing")] if required else [])
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return [], [Problem(path, f"cannot read: {reason}", code="unreadable")]
+    try:
+        data, root = parse_yaml(path, text)
+    except ConfigRejected as exc:
+        return [], exc.problems
+    if data is None:
+        return [], ([Problem(path, "no models: the file is empty", code="empty")]
+                    if required else [])
+    if isinstance(data, dict):
+        name = data.get("name")
+        return [_Source(path, data, root, name if isinstance(name, str) and name else
+                        path.name)], []
+    if not isinstance(data, list):
+        return [], [Problem(path, "expected a list of models (- name: …) or one model mapping",
+                            line=1, code="not-a-model")]
+    nodes = list(root.value) if isinstance(root, yaml.SequenceNode) else []
+    out = []
+    for index, raw in enumerate(data):
+        node = nodes[index] if index < len(nodes) else None
+        label = raw.get("name") if isinstance(raw, dict) else None
+        out.append(_Source(path, raw, node, label if isinstance(label, str) and label else
+                           f"[{index}]"))
+    return out, []
+
+
+def _models_dir_yamls(models_dir: Path, config_file: Path) -> list[Path]:
+    """``*.yaml``/``*.yml`` in the models dir, not recursive, no dotfiles (as LocalAI)."""
+    try:
+        names = sorted(os.listdir(models_dir))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        p = models_dir / name
+        if name.startswith(".") or Path(name).suffix.lower() not in (".yaml", ".yml"):
+            continue
+        if p.absolute() == config_file.absolute() or not p.is_file():
+            continue
+        out.append(p)
+    return out
+
+
+def _unknown_keys(src: _Source, model: str) -> list[Problem]:
+    out: list[Problem] = []
+
+    def walk(value: Mapping[Any, Any], path: tuple[str, ...]) -> None:
+        known = known_keys(path)
+        if known is None:
+            return
+        for key, sub in value.items():
+            key_s = str(key)
+            here = (*path, key_s)
+            spec = known.get(key_s)
+            if spec is None:
+                out.append(_unknown(src, model, here, list(known)))
+                continue
+            if spec.children is None:
+                continue
+            if isinstance(sub, dict):
+                walk(sub, here)
+            elif isinstance(sub, list):
+                for item in sub:
+                    if isinstance(item, dict):
+                        walk(item, here)
+
+    if isinstance(src.raw, dict):
+        walk(src.raw, ())
+    return out
+
+
+def _unknown(src: _Source, model: str, path: tuple[str, ...], known: list[str]) -> Problem:
+    key = path[-1]
+    dotted = ".".join(path)
+    hint = LEGACY_KEYS.get(path)
+    if hint is None and (guess := closest(key, known)):
+        hint = f"did you mean {'.'.join((*path[:-1], guess))}?"
+    if hint is None:
+        elsewhere = [p for p in ((), ("parameters",), ("template",)) if p != path[:-1]
+                     and key in (known_keys(p) or {})]
+        if elsewhere:
+            hint = f"it belongs at {'.'.join((*elsewhere[0], key))}"
+    return Problem(
+        src.file, f"unknown key {dotted!r}: LocalAI ignores it", line=_key_line(src.node, path),
+        field=f"{model}.{dotted}", severity=Severity.WARNING, code="unknown-key", model=model,
+        hint=hint,
+    )
+
+
+def _type_problems(src: _Source, exc: ValidationError) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        hint = None
+        if loc[:1] == ("template",) and isinstance(err.get("input"), list):
+            hint = (f"a template is text: write `{loc[-1]}: |` and indent the template "
+                    "below it, not a `- ` list")
+        out.append(Problem(
+            src.file, msg, line=_field_line(src.node, loc),
+            field=f"{src.label}." + ".".join(str(p) for p in loc), code="wrong-type",
+            model=src.label, hint=hint,
+        ))
+    return out
+
+
+def _resolve_template(value: str, models_dir: Path) -> str:
+    """LocalAI reads a template value without ``{{`` as the name of a .tmpl file."""
+    if "{{" in value:
+        return value
+    for candidate in (models_dir / f"{value}.tmpl", models_dir / value):
+        if resolve_model_path(models_dir, candidate.name) is not None and candidate.is_file():
+            try:
+                return candidate.read_text(encoding="utf-8", errors="replace")[:_MAX_YAML_BYTES]
+            except OSError:
+                return value
+    return value
+
+
+def _inspect(entry: ModelEntry, target: Path) -> ModelFileInfo | Pending | Problem | None:
+    rel = entry.parameters.model or ""
+    looks_gguf = rel.lower().endswith(".gguf") or entry.backend in _LLAMA_BACKENDS
+    if not looks_gguf:
+        return None
+    try:
+        info = inspect_model(target)
+    except GGUFError as exc:
+        if "truncated" in exc.message:
+            return Pending(entry.name, target, exc.message)
+        if not rel.lower().endswith(".gguf"):
+            return None  # another backend's format; not ours to judge
+        return Problem(target, exc.message, code="not-gguf", model=entry.name)
+    except OSError as exc:
+        return Problem(target, f"cannot read: {exc.strerror}", code="unreadable",
+                       model=entry.name)
+    if info.missing:
+        return Pending(entry.name, target, "missing shard(s): "
+                       + ", ".join(p.name for p in info.missing))
+    if info.incomplete:
+        worst = min(info.shards, key=lambda s: s.actual_size - s.expected_size)
+        return Pending(entry.name, target, f"incomplete: {worst.actual_size} of "
+                       f"{worst.expected_size} bytes (still being copied?)")
+    if info.problems:
+        return Problem(target, "; ".join(info.problems), code="bad-shards", model=entry.name)
+    return info
+
+
+def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None) -> Validation:
+    """Read, check and lint config + models dir; never raises for bad input."""
+    ctx = ctx or LintContext()
+    sources, problems = _read_sources(config_file, required=True)
+    extra = _models_dir_yamls(models_dir, config_file)
+    for path in extra:
+        more, errs = _read_sources(path, required=False)
+        sources += more
+        problems += errs
+    entries: list[tuple[ModelEntry, _Source]] = []
+    seen: dict[str, _Source] = {}
+    for src in sources:
+        if not isinstance(src.raw, dict):
+            problems.append(Problem(src.file, "model entry must be a mapping (name: …)",
+                                    line=_line_of(src.node), field=src.label, code="not-a-model"))
+            continue
+        try:
+            entry = ModelEntry.model_validate(src.raw)
+        except ValidationError as exc:
+            problems += _type_problems(src, exc)
+            continue
+        problems += _unknown_keys(src, entry.name)
+        if entry.name in seen:
+            first = seen[entry.name]
+            problems.append(Problem(
+                src.file, f"duplicate model name {entry.name!r} (first defined in "
+                f"{first.file.name}:{_line_of(first.node)})", line=_field_line(src.node, ("name",)),
+                field=f"{entry.name}.name", code="duplicate-name", model=entry.name))
+            continue
+        seen[entry.name] = src
+        entries.append((entry, src))
+
+    files: list[ModelFile] = []
+    pending: list[Pending] = []
+    ggufs: dict[str, GGUFInfo] = {}
+    facts: list[ModelFacts] = []
+    for entry, src in entries:
+        size: int | None = None
+        rel = entry.parameters.model
+        where = f"{entry.name}.parameters.model"
+        line = _field_line(src.node, ("parameters", "model"))
+        target = resolve_model_path(models_dir, rel) if rel else None
+        if rel and target is None:
+            problems.append(Problem(src.file, f"{rel!r} escapes the models dir {models_dir}",
+                                    line=line, field=where, code="path-escape", model=entry.name))
+        elif rel and target is not None:
+            if is_temporary_name(rel):
+                problems.append(Problem(src.file, f"{rel!r} is a temporary name (a copy in "
+                                        "progress?)", line=line, field=where, code="temp-name",
+                                        model=entry.name, hint="point at the final file name"))
+            elif not target.is_file():
+                problems.append(Problem(src.file, f"{rel!r} does not exist in {models_dir}",
+                                        line=line, field=where, code="missing-file",
+                                        model=entry.name))
+            else:
+                result = _inspect(entry, target)
+                if isinstance(result, Pending):
+                    pending.append(result)
+                elif isinstance(result, Problem):
+                    problems.append(Problem(src.file, f"{rel!r}: {result.message}", line=line,
+                                            field=where, code=result.code, model=entry.name))
+                else:
+                    if result is not None:
+                        ggufs[entry.name] = result.metadata
+                    try:
+                        size, fp = fingerprint_file(target)
+                    except OSError as exc:
+                        problems.append(Problem(src.file, f"cannot read {target}: "
+                                                f"{exc.strerror}", line=line, field=where,
+                                                code="unreadable", model=entry.name))
+                    else:
+                        files.append(ModelFile(entry.name, rel, size, fp))
+        tmpl = entry.template
+        texts = {k: _resolve_template(v, models_dir) for k, v in
+                 (tmpl.model_dump(include={"chat", "chat_message", "completion", "edit"})
+                  if tmpl else {}).items() if isinstance(v, str)}
+        facts.append(ModelFacts(
+            name=entry.name, context_size=entry.context_size,
+            max_tokens=entry.parameters.max_tokens, gpu_layers=entry.gpu_layers,
+            stopwords=tuple(entry.stopwords or ()), templates=texts,
+            use_tokenizer_template=bool(tmpl and tmpl.use_tokenizer_template),
+            options=tuple(entry.options or ()), file_size=size, gguf=ggufs.get(entry.name)))
+
+    by_name = {e.name: s for e, s in entries}
+    problems += [_locate(w, by_name, config_file) for w in lint(facts, ctx)]
+    if not entries and not any(p.severity is Severity.ERROR for p in problems):
+        problems.append(Problem(config_file, "no models: the list is empty", line=1,
+                                code="empty"))
+    errors = [p for p in problems if p.severity is Severity.ERROR]
+    models = None
+    if not errors and not pending:
+        canonical = json.dumps({
+            "entries": [e.model_dump(mode="json", exclude_none=True) for e, _ in entries],
+            "files": [(f.relpath, f.size, f.fingerprint) for f in files],
+        }, sort_keys=True)
+        models = ModelSet(config_file, tuple(e for e, _ in entries), tuple(files),
+                          hashlib.sha256(canonical.encode()).hexdigest()[:12],
+                          (config_file, *extra))
+    return Validation(models, tuple(problems), tuple(pending), ggufs)
+
+
+def _locate(w: Lint, by_name: Mapping[str, _Source], config_file: Path) -> Problem:
+    src = by_name.get(w.model or "")
+    line = _field_line(src.node, w.path) if src is not None else None
+    return Problem(
+        src.file if src else config_file, w.message, line=line,
+        field=".".join((w.model, *w.path)) if w.model else None, severity=Severity.WARNING,
+        code=w.code, model=w.model, hint=w.hint,
+    )
+
+
+def load_model_set(config_file: Path, models_dir: Path,
+                   ctx: LintContext | None = None) -> ModelSet:
+    """Validate and return the model set; raise ConfigRejected on errors or pending files."""
+    result = validate(config_file, models_dir, ctx)
+    if result.models is None:
+        blocking = result.errors + [
+            Problem(p.path, f"not ready: {p.reason}", code="pending", model=p.model)
+            for p in result.pending
+        ]
+        raise ConfigRejected(blocking)
+    return result.models
+
+
+# The schema's top-level keys are used by the lint of unknown keys; keep the import honest.
+assert "name" in MODEL_KEYS

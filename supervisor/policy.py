@@ -187,8 +187,9 @@ class Decision:
 
 def backoff_delay(attempt: int, restart: RestartSection, rand: float) -> float:
     """Exponential delay for the n-th consecutive failure, capped, with +/- jitter."""
-    base = restart.backoff_initial * restart.backoff_multiplier ** max(attempt - 1, 0)
-    base = min(base, restart.backoff_max)
+    # Cap the exponent before computing: a slow crash loop can run for thousands of attempts.
+    exponent = min(max(attempt - 1, 0), 64)
+    base = min(restart.backoff_initial * restart.backoff_multiplier**exponent, restart.backoff_max)
     spread = base * restart.jitter
     return max(0.0, min(restart.backoff_max, base - spread + 2 * spread * rand))
 
@@ -326,8 +327,10 @@ def _restart(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
 
 def _restart_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Restart | Start)
-    # Whatever was going to follow the stop, a start follows it now.
-    return Decision(replace(m, intent=Intent.RESTART, last_reason=e.reason))
+    # Whatever was going to follow the stop, a start follows it now; an operator's start
+    # forgives earlier failures, exactly as it does from FATAL.
+    return Decision(replace(m, intent=Intent.RESTART, last_reason=e.reason, failures=(),
+                            attempt=0, retry_at=None))
 
 
 def _stop_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:

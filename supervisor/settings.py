@@ -91,6 +91,8 @@ class ServerSection(_Section):
     parallel: int = Field(8, ge=1)
     startup_timeout: float = Field(600.0, gt=0)
     stop_timeout: float = Field(30.0, gt=0)
+    # GPU memory for lint's "models will not fit together" check; unset: not checked.
+    gpu_memory_gb: float | None = Field(None, gt=0)
 
     @property
     def probe_base_url(self) -> str:
@@ -98,15 +100,20 @@ class ServerSection(_Section):
         return f"http://127.0.0.1:{self.publish_port}"
 
 
+def _upper_keys(value: dict[str, str]) -> dict[str, str]:
+    """Environment names are upper case; pydantic-settings lower-cases names read from env."""
+    return {k.upper(): str(v) for k, v in value.items()}
+
+
 class LocalAISection(_Section):
-    environment: dict[str, str] = Field(
-        default_factory=lambda: {
-            "LOCALAI_LOG_LEVEL": "info",
-            "LOCALAI_PARALLEL_REQUESTS": "true",
-            "PYTHON_GRPC_MAX_WORKERS": "8",
-        }
-    )
+    # Added to (and overriding) the engine's defaults; see engines/localai.py.
+    environment: dict[str, str] = Field(default_factory=dict)
     extra_args: list[str] = Field(default_factory=list)
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _upper_keys(value)
 
 
 class LlamaServerSection(_Section):
@@ -114,6 +121,11 @@ class LlamaServerSection(_Section):
     models_max: int | None = Field(None, ge=1)
     environment: dict[str, str] = Field(default_factory=dict)
     extra_args: list[str] = Field(default_factory=list)
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _upper_keys(value)
 
 
 class DockerSection(_Section):
@@ -155,6 +167,8 @@ class WatchSection(_Section):
     enabled: bool = True
     step_ms: int = Field(50, ge=1)
     debounce_ms: int = Field(1600, ge=1)
+    # A referenced model file must be unchanged this long before it is used (still copying?).
+    settle_seconds: float = Field(3.0, ge=0)
 
 
 class Settings(BaseSettings):

@@ -91,3 +91,33 @@ class Watcher:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+# (size, mtime_ns) of a file, and the monotonic time it was first seen with that value.
+Observation = tuple[tuple[int, int], float]
+
+
+def unsettled(
+    stats: dict[str, tuple[int, int]],
+    seen: dict[str, Observation],
+    *,
+    now: float,
+    wall_now: float,
+    quiet: float,
+) -> tuple[list[str], dict[str, Observation]]:
+    """Which files changed within the last ``quiet`` seconds (still being written?).
+
+    Pure: ``stats`` maps path → (size, mtime_ns) as observed now; ``seen`` is the previous
+    result. A file counts as settled when its mtime is at least ``quiet`` seconds old, or
+    when it looked the same for ``quiet`` seconds of our own observation.
+    """
+    out: list[str] = []
+    new_seen: dict[str, Observation] = {}
+    for path, value in stats.items():
+        prev = seen.get(path)
+        first = prev[1] if prev is not None and prev[0] == value else now
+        new_seen[path] = (value, first)
+        mtime_age = wall_now - value[1] / 1e9
+        if mtime_age < quiet and now - first < quiet:
+            out.append(path)
+    return out, new_seen

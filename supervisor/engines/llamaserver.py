@@ -16,11 +16,15 @@ from .base import EngineLaunch, RenderedFile, ServerPaths
 
 PRESET_NAME = "models-preset.ini"
 
-# LocalAI top-level keys that never reach llama-server.
-_UNSUPPORTED = (
-    "template", "stopwords", "cutstrings", "trimspace", "trimsuffix", "f16", "options",
-    "low_vram", "concurrency_groups", "function", "roles", "system_prompt", "mirostat",
-)
+# LocalAI keys that have an llama-server option (everything else present is reported).
+_MAPPED = frozenset({
+    "name", "backend", "parameters", "context_size", "gpu_layers", "threads", "mmap",
+    "mmlock", "embeddings", "flash_attention", "mmproj", "tensor_split",
+})
+_MAPPED_PARAMETERS = frozenset({
+    "model", "temperature", "top_k", "top_p", "seed", "max_tokens", "batch", "repeat_penalty",
+})
+_LLAMA_BACKENDS = ("llama-cpp", "llama", "llama.cpp", "llama-cpp-fallback")
 
 
 def _ini_value(value: object) -> str:
@@ -35,18 +39,29 @@ def _ini_value(value: object) -> str:
 def preset_options(entry: ModelEntry, models_dir: str) -> dict[str, str]:
     """llama-server options for one model entry, in a stable order."""
     opts: dict[str, object] = {}
+    base = models_dir.rstrip("/")
     if entry.parameters.model:
-        opts["model"] = f"{models_dir.rstrip('/')}/{entry.parameters.model}"
+        opts["model"] = f"{base}/{entry.parameters.model}"
+    extra = entry.model_extra or {}
+    params = entry.parameters.model_extra or {}
+    flash = extra.get("flash_attention")
+    mmproj = extra.get("mmproj")
     mapping: list[tuple[str, object]] = [
         ("ctx-size", entry.context_size),
         ("n-gpu-layers", entry.gpu_layers),
         ("threads", entry.threads),
-        ("batch-size", entry.batch or entry.parameters.batch),
+        ("batch-size", entry.parameters.batch),
         ("temp", entry.parameters.temperature),
         ("top-k", entry.parameters.top_k),
         ("top-p", entry.parameters.top_p),
         ("seed", entry.parameters.seed),
         ("n-predict", entry.parameters.max_tokens),
+        ("repeat-penalty", params.get("repeat_penalty")),
+        # LocalAI: a bool up to v3.4, "auto"/"on"/"off" since v3.5; llama-server: on|off|auto.
+        ("flash-attn", ("on" if flash else "off") if isinstance(flash, bool) else
+         flash if isinstance(flash, str) else None),
+        ("mmproj", f"{base}/{mmproj}" if isinstance(mmproj, str) and mmproj else None),
+        ("tensor-split", extra.get("tensor_split")),
     ]
     opts.update({k: v for k, v in mapping if v is not None})
     if entry.mmap is False:
@@ -59,9 +74,13 @@ def preset_options(entry: ModelEntry, models_dir: str) -> dict[str, str]:
 
 
 def dropped_fields(entry: ModelEntry) -> tuple[str, ...]:
+    """Every key present in the entry that the preset cannot express."""
     present = set(entry.model_fields_set) | entry.extra_keys
-    dropped = [k for k in _UNSUPPORTED if k in present]
-    if entry.backend and entry.backend not in ("llama-cpp", "llama", "llama.cpp"):
+    dropped = sorted(k for k in present if k not in _MAPPED)
+    params = entry.parameters
+    dropped += sorted(f"parameters.{k}" for k in set(params.model_fields_set)
+                      | set(params.model_extra or {}) if k not in _MAPPED_PARAMETERS)
+    if entry.backend and entry.backend not in _LLAMA_BACKENDS:
         dropped.append(f"backend={entry.backend}")
     return tuple(dropped)
 

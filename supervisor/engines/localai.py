@@ -13,6 +13,13 @@ from ..modelconfig import ModelSet
 from ..settings import Engine, Settings
 from .base import EngineLaunch, ServerPaths
 
+# The hand-run setup's variables that do not come from [server] settings.
+DEFAULT_ENV = {
+    "LOCALAI_LOG_LEVEL": "info",
+    "LOCALAI_PARALLEL_REQUESTS": "true",
+    "PYTHON_GRPC_MAX_WORKERS": "8",
+}
+
 
 class LocalAIEngine:
     kind = Engine.LOCALAI
@@ -26,6 +33,7 @@ class LocalAIEngine:
             "LOCALAI_THREADS": str(srv.threads),
             "LOCALAI_SINGLE_ACTIVE_BACKEND": "true" if srv.single_active_backend else "false",
             "LLAMACPP_PARALLEL": str(srv.parallel),
+            **DEFAULT_ENV,
             **settings.localai.environment,
         }
         args = (

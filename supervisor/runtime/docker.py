@@ -41,10 +41,10 @@ log = structlog.get_logger("supervisor.runtime.docker")
 
 def device_requests(gpus: str) -> list[DeviceRequest]:
     """``all`` / ``none`` / ``0,1`` → Docker device requests (what ``--gpus`` does)."""
-    value = gpus.strip().lower()
-    if value in ("", "none"):
+    value = gpus.strip()
+    if value.lower() in ("", "none"):
         return []
-    if value == "all":
+    if value.lower() == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     ids = [d.strip() for d in value.split(",") if d.strip()]
     return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
