@@ -214,8 +214,8 @@ def ctl_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="supervisorctl",
         description="Control a running localai-supervisor through its control socket.",
-        epilog="Exit codes: 0 ok, 1 server not healthy (status) or request refused, "
-        "2 error, 3 daemon not reachable.",
+        epilog="Exit codes: 0 ok, 1 server not healthy (status) or request refused "
+        "(check: warnings with --strict), 2 error (check: errors), 3 daemon not reachable.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-s", "--socket", type=Path, default=None,
@@ -226,11 +226,37 @@ def ctl_main(argv: list[str] | None = None) -> None:
                         f"(default {DEFAULT_SETTINGS_FILE})")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="server state, instance, config revision, models")
-    sub.add_parser("reload", help="re-read settings and model config and apply them; returns "
-                   "when applied or rejected (with the reason)")
-    sub.add_parser("restart", help="restart the server now (also leaves FATAL)")
+    commands = [
+        sub.add_parser("status", help="server state, instance, config revision, models"),
+        sub.add_parser("reload", help="re-read settings and model config and apply them; "
+                       "returns when applied or rejected (with the reason)"),
+        sub.add_parser("restart", help="restart the server now (also leaves FATAL)"),
+    ]
+    check = sub.add_parser(
+        "check", help="validate a model config, the models dir and the settings without a "
+        "daemon (like nginx -t): exit 0 ok, 1 warnings with --strict, 2 errors")
+    check.add_argument("model_config", nargs="?", type=Path, metavar="CONFIG",
+                       help="model config to check (default: server.model_config_file)")
+    check.add_argument("--models-dir", type=Path, help="default: server.models_dir")
+    check.add_argument("--settings", metavar="FILE", help="settings file (default: -c or "
+                       f"{DEFAULT_SETTINGS_FILE})")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings")
+    for command in (*commands, check):
+        # --json after the command name too (`supervisorctl status --json`).
+        command.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                             help="print the raw JSON answer")
+    for command in commands:
+        command.add_argument("-s", "--socket", type=Path, default=argparse.SUPPRESS,
+                             help="control socket (as the global option)")
     args = parser.parse_args(argv)
+
+    if args.command == "check":
+        from .check import render, run_check
+
+        path, required = _settings_path(args.settings or args.config)
+        checked = run_check(path, required, args.model_config, args.models_dir)
+        print(render(checked, args.strict, args.json))
+        sys.exit(checked.exit_code(args.strict))
 
     socket = args.socket
     if socket is None:

@@ -25,7 +25,7 @@ import structlog
 from . import __version__
 from .engines import engine_for
 from .health import ModelsSeen, Prober
-from .lint import LintContext
+from .lint import context_for
 from .modelconfig import ModelSet, Pending, Problem, Validation, validate
 from .notify import Notifier
 from .policy import (
@@ -196,16 +196,10 @@ class Daemon:
 
     # -- config ----------------------------------------------------------------------------
 
-    def _lint_context(self) -> LintContext:
-        srv = self.settings.server
-        gpu = int(srv.gpu_memory_gb * 1e9) if srv.gpu_memory_gb else None
-        return LintContext(engine=srv.engine, single_active_backend=srv.single_active_backend,
-                           parallel=srv.parallel, gpu_memory_bytes=gpu)
-
     def _load(self) -> tuple[ModelSet, ServerSpec] | Validation:
         """Validate config + models dir; a spec only when valid, complete and settled."""
         srv = self.settings.server
-        result = validate(srv.model_config_file, srv.models_dir, self._lint_context())
+        result = validate(srv.model_config_file, srv.models_dir, context_for(self.settings))
         self._report_warnings(result)
         if result.models is None:
             return result

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .ggufinfo import GGUFInfo
-from .settings import Engine
+from .settings import Engine, Settings
 
 # Below this many tokens per slot, ordinary prompt + answer pairs get cut off.
 MIN_SLOT_CONTEXT = 1024
@@ -43,6 +43,15 @@ class LintContext:
     single_active_backend: bool = True
     parallel: int = 1
     gpu_memory_bytes: int | None = None
+
+
+def context_for(settings: Settings) -> LintContext:
+    srv = settings.server
+    return LintContext(
+        engine=srv.engine, single_active_backend=srv.single_active_backend,
+        parallel=srv.parallel,
+        gpu_memory_bytes=int(srv.gpu_memory_gb * 1e9) if srv.gpu_memory_gb else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,15 @@ class ConfigFilter:
         return path == self._models_dir or path.startswith(self._models_dir + "/")
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which directory a path names now (through symlinks): (device, inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Watcher:
     """Runs until ``stop()``; calls ``on_change(paths)`` once per settled batch."""
 
@@ -62,6 +71,7 @@ class Watcher:
         while not self._stop.is_set():
             roots = [r for r in self._roots() if r.is_dir()]
             missing = [r for r in self._roots() if not r.is_dir()]
+            identity = {r: _identity(r) for r in roots}
             if missing:
                 log.warning("watch.path_missing", paths=[str(m) for m in missing],
                             action="watching the rest; polling every 2s for them")
@@ -80,9 +90,13 @@ class Watcher:
                     if missing and any(m.is_dir() for m in missing):
                         self._on_change({str(m) for m in missing})
                         break
-                    # A watched root vanished (dir deleted): restart the watch.
-                    if any(not r.is_dir() for r in roots):
-                        self._on_change({str(r) for r in roots})
+                    # A watched root vanished or now is another directory (deleted and
+                    # re-created, or replaced by a symlink): the old watch sees nothing more.
+                    moved = [r for r in roots if _identity(r) != identity[r]]
+                    if moved:
+                        log.info("watch.root_replaced", paths=[str(r) for r in moved],
+                                 action="re-watching and re-checking the config")
+                        self._on_change({str(r) for r in moved})
                         break
             except (OSError, RuntimeError) as exc:
                 log.warning("watch.error", error=str(exc), action="restarting the watch in 1s")

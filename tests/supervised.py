@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed import free_port, http_json, log_tail
+from testbed import chat, free_port, http_json, log_tail
 
 BIN = Path(sys.executable).parent
 
@@ -180,3 +180,19 @@ class Supervised:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.stop()
+
+
+def wait_chat(url: str, model: str, timeout: float = 60) -> float:
+    """Seconds until a chat completion to ``model`` answers 200."""
+    start = time.monotonic()
+    last: object = None
+    while time.monotonic() - start < timeout:
+        try:
+            code, body = chat(url, model, timeout=30)
+        except OSError as exc:
+            code, body = 0, str(exc)
+        if code == 200:
+            return time.monotonic() - start
+        last = (code, body)
+        time.sleep(0.05)
+    raise AssertionError(f"{model} did not answer within {timeout}s: {last}")

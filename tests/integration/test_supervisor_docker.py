@@ -7,49 +7,18 @@ settings, container name and ports, and checks what an operator would check.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import docker.errors
 import pytest
-from supervised import Supervised
+from supervised import wait_chat
 from testbed import Dockerd, chat
 
 pytestmark = pytest.mark.integration
-
-_names = itertools.count()
-
-
-@pytest.fixture
-def make_supervised(
-    dockerd: Dockerd, llama_image: str, tiny_models: Path, tmp_path: Path
-) -> Iterator[object]:
-    made: list[tuple[Supervised, str]] = []
-
-    def make(models: dict[str, str] | None = None, **sections: dict[str, object]) -> Supervised:
-        name = f"lsv-test-{os.getpid()}-{next(_names)}"
-        docker_section = {"host": dockerd.host, "image": llama_image, "container_name": name,
-                          "gpus": "none", **sections.pop("docker", {})}
-        sup = Supervised.create(
-            tmp_path / name, tiny_models, models or {"tiny-a": "tiny-a.gguf"},
-            server={"runtime": "docker", "listen_port": 8080, **sections.pop("server", {})},
-            docker=docker_section, **sections,
-        )
-        made.append((sup, name))
-        return sup
-
-    yield make
-    for sup, name in made:
-        sup.close()
-        with contextlib.suppress(docker.errors.NotFound):
-            dockerd.client().containers.get(name).remove(force=True)
-
 
 def container(dockerd: Dockerd, status: dict[str, object]) -> object:
     inst = status["instance"]
@@ -59,22 +28,6 @@ def container(dockerd: Dockerd, status: dict[str, object]) -> object:
 
 def started_at(dockerd: Dockerd, cid: str) -> str:
     return str(dockerd.client().api.inspect_container(cid)["State"]["StartedAt"])
-
-
-def wait_chat(url: str, model: str, timeout: float = 60) -> float:
-    """Seconds until a chat completion to ``model`` answers 200."""
-    start = time.monotonic()
-    last: object = None
-    while time.monotonic() - start < timeout:
-        try:
-            code, body = chat(url, model, timeout=30)
-        except OSError as exc:
-            code, body = 0, str(exc)
-        if code == 200:
-            return time.monotonic() - start
-        last = (code, body)
-        time.sleep(0.05)
-    raise AssertionError(f"{model} did not answer within {timeout}s: {last}")
 
 
 def test_starts_container_and_serves_two_models(make_supervised, dockerd: Dockerd) -> None:

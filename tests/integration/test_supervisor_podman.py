@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from podman_service import PodmanService
-from supervised import Supervised
-from test_supervisor_docker import wait_chat
+from supervised import Supervised, wait_chat
 from testbed import SCRIPTS
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from supervised import Supervised
-from test_supervisor_docker import wait_chat
+from supervised import Supervised, wait_chat
 
 pytestmark = pytest.mark.integration
 
