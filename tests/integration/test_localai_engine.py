@@ -1,0 +1,74 @@
+"""The LocalAI engine end to end, against a FAKE LocalAI (tests/fakes/local-ai).
+
+LocalAI cannot be obtained on these machines; the fake reproduces its documented command
+line and the endpoints the supervisor uses (/readyz with the v4.8.0 preload 503, /v1/models).
+Everything else about the daemon is real: process runtime, probes, watcher, control socket.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from supervised import Supervised
+from testbed import REPO, chat
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def fake_localai(tmp_path: Path) -> Path:
+    """The fake, run by this interpreter (it needs PyYAML, which the venv has)."""
+    src = (REPO / "tests" / "fakes" / "local-ai").read_text()
+    exe = tmp_path / "bin" / "local-ai"
+    exe.parent.mkdir()
+    exe.write_text(f"#!{sys.executable}\n" + src.split("\n", 1)[1])
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.fixture
+def supervised(fake_localai: Path, tiny_models: Path, tmp_path: Path) -> Iterator[Supervised]:
+    # The process runtime passes only PATH/HOME/locale from its own environment: the fake's
+    # knobs travel the way an operator's variables would, through [localai] environment.
+    fake_env = {"FAKE_LOCALAI_ENV_OUT": str(tmp_path / "env.json"),
+                "FAKE_LOCALAI_PRELOAD_SECONDS": "2"}
+    sup = Supervised.create(
+        tmp_path / "sup", tiny_models, {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"},
+        server={"runtime": "process", "engine": "localai"},
+        process={"binary": str(fake_localai)},
+        localai={"environment": {"LOCALAI_LOG_LEVEL": "debug", **fake_env}},
+    )
+    yield sup
+    sup.close()
+
+
+def test_localai_command_line_env_and_readiness(supervised: Supervised,
+                                                tmp_path: Path) -> None:
+    sup = supervised.start()
+    t0 = time.monotonic()
+    st = sup.wait_for(lambda s: s["state"] in ("STARTING", "RUNNING"), what="launch")
+    st = sup.wait_running()
+    # /readyz answered 503 during the 2 s preload: RUNNING only after it.
+    assert time.monotonic() - t0 >= 1.5, st
+    seen = json.loads((tmp_path / "env.json").read_text())
+    assert seen["argv"] == ["run", "--config-file", str(sup.config_file.resolve()),
+                            "--models-path", str(sup.models_dir.resolve()),
+                            "--address", f"127.0.0.1:{sup.server_port}"]
+    env = seen["env"]
+    assert env["LOCALAI_SINGLE_ACTIVE_BACKEND"] == "true"
+    assert env["LLAMACPP_PARALLEL"] == "8" and env["LOCALAI_THREADS"] == "2"
+    assert env["LOCALAI_PARALLEL_REQUESTS"] == "true" and env["PYTHON_GRPC_MAX_WORKERS"] == "8"
+    assert env["LOCALAI_LOG_LEVEL"] == "debug"  # the settings override the default
+    assert [m["listed"] for m in st["models"]] == [True, True]
+    code, body = chat(sup.server_url, "tiny-b")
+    assert code == 200 and body["model"] == "tiny-b"
+    # A config edit that drops a model restarts onto a config LocalAI lists in full.
+    sup.write_config({"tiny-a": "tiny-a.gguf"})
+    st = sup.wait_for(lambda s: s["restarts"] == 1 and s["state"] == "RUNNING",
+                      what="restart onto the new config")
+    assert [m["name"] for m in st["models"]] == ["tiny-a"]
