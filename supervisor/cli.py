@@ -230,8 +230,13 @@ def ctl_main(argv: list[str] | None = None) -> None:
         sub.add_parser("status", help="server state, instance, config revision, models"),
         sub.add_parser("reload", help="re-read settings and model config and apply them; "
                        "returns when applied or rejected (with the reason)"),
-        sub.add_parser("restart", help="restart the server now (also leaves FATAL)"),
+        sub.add_parser("restart", help="restart the server now after draining requests in "
+                       "flight (also leaves FATAL); with MODEL, restart only that model"),
     ]
+    commands[2].add_argument("model", nargs="?", metavar="MODEL",
+                             help="restart only this model, in place")
+    commands[2].add_argument("--force", action="store_true",
+                             help="do not wait for requests in flight")
     check = sub.add_parser(
         "check", help="validate a model config, the models dir and the settings without a "
         "daemon (like nginx -t): exit 0 ok, 1 warnings with --strict, 2 errors")
@@ -266,8 +271,11 @@ def ctl_main(argv: list[str] | None = None) -> None:
         except SettingsError as exc:
             print(f"supervisorctl: {exc}", file=sys.stderr)
             sys.exit(CTL_ERROR)
+    body: dict[str, Any] = {}
+    if args.command == "restart":
+        body = {"model": args.model, "force": args.force}
     try:
-        result = asyncio.run(call(socket, args.command))
+        result = asyncio.run(call(socket, args.command, body or None))
     except CtlError as exc:
         print(f"supervisorctl: {exc}", file=sys.stderr)
         sys.exit(exc.code)
@@ -287,6 +295,8 @@ def ctl_main(argv: list[str] | None = None) -> None:
         if args.command == "reload":
             what = "restarting onto" if result.get("restarting") else "unchanged at"
             print(f"reload applied: {what} revision {result.get('revision')}")
+        elif result.get("model"):
+            print(f"restart of model {result['model']} requested")
         else:
             print(f"restart requested (state {result.get('state')})")
     sys.exit(CTL_OK)

@@ -23,7 +23,9 @@ from typing import Any
 import structlog
 
 from . import __version__
-from .engines import engine_for
+from . import modelhealth as mh
+from .classify import Diagnosis, diagnose
+from .engines import Activity, engine_for
 from .health import ModelsSeen, Prober
 from .lint import context_for
 from .modelconfig import ModelSet, Pending, Problem, Validation, validate
@@ -32,6 +34,7 @@ from .policy import (
     LIVE_STATES,
     Adopted,
     Announce,
+    Escalate,
     Event,
     Exited,
     Launch,
@@ -68,6 +71,9 @@ log = structlog.get_logger("supervisor")
 
 TICK_SECONDS = 0.5
 RECHECK_SECONDS = 1.0
+DRAIN_POLL_SECONDS = 0.25
+# What one model probe may add to the engine's work counter (n_decode / api_call count).
+PROBE_WORK = 2.0
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -98,7 +104,43 @@ class _Probed:
     models: ModelsSeen | None = None
 
 
-Message = Event | RuntimeEvent | Command | _FilesChanged | _Signal | _Probed
+@dataclass
+class _Observed:
+    """Which models are loaded and how busy the server is, as the probe loop saw it."""
+
+    token: str
+    at: float
+    loaded: dict[str, str] | None
+    activity: Activity
+
+
+@dataclass
+class _ModelProbed:
+    token: str
+    name: str
+    ok: bool
+    detail: str
+    skipped: bool = False
+
+
+@dataclass
+class _ModelRestarted:
+    token: str
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class _Diagnosed:
+    exited: InstanceExited
+    diagnosis: Diagnosis
+
+
+Message = (
+    Event | RuntimeEvent | Command | _FilesChanged | _Signal | _Probed | _Observed
+    | _ModelProbed | _ModelRestarted | _Diagnosed
+)
 
 
 @dataclass
@@ -117,6 +159,20 @@ class RecentEvent:
 @dataclass
 class _Counters:
     restarts_by_reason: dict[str, int] = field(default_factory=dict)
+    model_restarts: int = 0
+    drained_requests: int = 0
+    cut_off_requests: int = 0
+    drains: int = 0
+
+
+def probe_rules_from(settings: Settings) -> mh.ProbeRules:
+    h = settings.health
+    return mh.ProbeRules(
+        interval=h.model_interval, timeout=h.model_timeout, load_timeout=h.model_load_timeout,
+        failure_threshold=h.model_failure_threshold,
+        unloaded=mh.UnloadedPolicy(h.probe_unloaded.value), idle_seconds=h.idle_seconds,
+        model_restarts=h.model_restarts,
+    )
 
 
 def rules_from(settings: Settings) -> Rules:
@@ -165,6 +221,14 @@ class Daemon:
         self._last_dropped: tuple[tuple[str, tuple[str, ...]], ...] = ()
         self._seen_files: dict[str, Observation] = {}
         self._recheck_at: float | None = None
+        self._probe_rules = probe_rules_from(settings)
+        self.model_health: dict[str, mh.ModelHealth] = {}
+        self.loaded: dict[str, str] = {}
+        # (time, work counter less our own probes' share, requests in flight)
+        self._samples: deque[tuple[float, float | None, int | None]] = deque(maxlen=512)
+        self._own_work = 0.0
+        self._model_tasks: set[str] = set()
+        self.last_failure: Diagnosis | None = None
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -324,7 +388,7 @@ class Daemon:
         if isinstance(action, Launch):
             self._spawn(self._do_launch(action.reason), "launch")
         elif isinstance(action, Terminate):
-            self._spawn(self._do_terminate(action.reason), "terminate")
+            self._spawn(self._do_terminate(action.reason, action.drain), "terminate")
         else:
             logger = getattr(log, action.level)
             logger(action.event, reason=action.reason, state=self.machine.state.value,
@@ -354,12 +418,133 @@ class Daemon:
                  spec=spec.digest(), revision=spec.revision, reason=reason)
         self._note("server.launched", reason)
         self.post(Launched(instance.token))
+        self._fresh_instance()
 
-    async def _do_terminate(self, reason: str) -> None:
+    async def _do_terminate(self, reason: str, drain: bool) -> None:
         token = self.instance.token if self.instance else None
+        if drain and token is not None and self.settings.health.drain_timeout > 0:
+            await self._drain(reason, list(self.loaded))
         await self._runtime.terminate(self.settings.server.stop_timeout)
         log.info("server.terminated", reason=reason)
         self.post(Stopped(token))
+
+    async def _diagnose(self, exited: InstanceExited) -> None:
+        """Read the dead instance's last log lines so the failure event can name a cause."""
+        try:
+            lines = await asyncio.wait_for(self._runtime.logs(80), 5)
+        except (TimeoutError, OSError):
+            lines = []
+        self.post(_Diagnosed(exited, diagnose(exited.exit_code, exited.oom_killed, lines)))
+
+    async def _drain(self, reason: str, loaded: list[str]) -> None:
+        """Wait (bounded) until no request is in flight, so a planned stop cuts nothing."""
+        timeout = self.settings.health.drain_timeout
+        start = self._clock()
+        first = (await self._prober.activity(loaded)).in_flight
+        if first is None:
+            log.warning("drain.unknown", reason=reason, cause="the engine does not report "
+                        "requests in flight", action="stopping without waiting")
+            return
+        if first == 0:
+            return
+        self._counters.drains += 1
+        log.info("drain.started", in_flight=first, timeout=timeout, reason=reason)
+        left: int | None = first
+        while self._clock() - start < timeout:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+            left = (await self._prober.activity(loaded)).in_flight
+            if left == 0:
+                self._counters.drained_requests += first
+                log.info("drain.done", requests=first,
+                         seconds=round(self._clock() - start, 3), action="stopping now")
+                return
+        cut = left or 0
+        self._counters.drained_requests += max(0, first - cut)
+        self._counters.cut_off_requests += cut
+        log.warning("drain.timeout", in_flight=cut, timeout=timeout, reason=reason,
+                    action="stopping anyway: these requests are cut off")
+
+    # -- per-model health ------------------------------------------------------------------
+
+    def _fresh_instance(self) -> None:
+        names = self.models.names if self.models else ()
+        self.model_health = mh.reset(names, self.model_health)
+        self.loaded = {}
+        self._samples.clear()
+        self._own_work = 0.0
+
+    def _schedule_model_probes(self) -> None:
+        m = self.machine
+        if (not self.settings.health.model_probes or m.instance is None
+                or m.state not in (State.RUNNING, State.UNHEALTHY)):
+            return
+        now = self._clock()
+        idle = mh.idle_for(list(self._samples), now, PROBE_WORK)
+        health = {k: v for k, v in self.model_health.items() if k not in self._model_tasks}
+        for probe in mh.due(health, self.loaded, idle, now, self._probe_rules):
+            self.model_health[probe.name] = mh.probe_started(self.model_health[probe.name], now)
+            self._model_tasks.add(probe.name)
+            self._own_work += PROBE_WORK
+            self._spawn(self._probe_model(m.instance, probe), f"probe-{probe.name}")
+
+    async def _probe_model(self, token: str, probe: mh.ProbeModel) -> None:
+        entry = next((e for e in self.models.entries if e.name == probe.name), None) \
+            if self.models else None
+        call = self._engine.probe_call(probe.name, bool(entry and entry.embeddings),
+                                       allow_load=probe.allow_load)
+        status, text = await self._prober.call(call, probe.timeout)
+        if status == 200:
+            self.post(_ModelProbed(token, probe.name, True, ""))
+        elif status == 400 and "not loaded" in text:
+            # Unloaded since we looked: autoload=false refused instead of swapping it in.
+            self.post(_ModelProbed(token, probe.name, False, text[:200], skipped=True))
+        else:
+            detail = f"HTTP {status}: {text[:300]}" if status else text
+            self.post(_ModelProbed(token, probe.name, False, detail))
+
+    async def _restart_model(self, token: str, name: str, reason: str) -> None:
+        ok, detail = True, ""
+        for call in self._engine.restart_model_calls(name):
+            status, text = await self._prober.call(call, self._probe_rules.load_timeout)
+            # "not running" / "already running" answers still leave the model restartable.
+            if status not in (200, 400, 404):
+                ok, detail = False, f"{call.method} {call.path}: HTTP {status}: {text[:200]}"
+                break
+        self.post(_ModelRestarted(token, name, ok, detail or reason))
+
+    def _on_model_probed(self, msg: _ModelProbed) -> None:
+        self._model_tasks.discard(msg.name)
+        h = self.model_health.get(msg.name)
+        if h is None or msg.token != self.machine.instance or msg.skipped:
+            return
+        h2, action = mh.probe_result(h, msg.ok, msg.detail, self._clock(), self._probe_rules)
+        self.model_health[msg.name] = h2
+        if not msg.ok:
+            log.warning("probe.failed", probe="model", model=msg.name, error=msg.detail,
+                        failures=h2.failures, state=h2.state.value)
+        elif h.state is mh.ModelState.FAILING:
+            log.info("model.recovered", model=msg.name)
+        if isinstance(action, mh.RestartModel):
+            diag = diagnose(None, False, [msg.detail])
+            self._counters.model_restarts += 1
+            log.warning("model.restart", model=msg.name, reason=action.reason,
+                        cause=diag.cause.value, hint=diag.hint,
+                        action="restarting this model alone; the server keeps serving")
+            self._note("model.restart", f"{msg.name}: {action.reason}")
+            self._spawn(self._restart_model(msg.token, msg.name, action.reason),
+                        f"restart-{msg.name}")
+        elif isinstance(action, mh.RestartServer):
+            log.error("model.escalate", model=msg.name, reason=action.reason,
+                      action="restarting the whole server")
+            self._feed(Escalate(msg.token, action.reason, random.random()))  # noqa: S311
+        elif isinstance(action, mh.GiveUp):
+            diag = diagnose(None, False, [msg.detail])
+            log.error("model.failed", model=msg.name, reason=action.reason,
+                      cause=diag.cause.value, hint=diag.hint,
+                      action="stopped probing it; other models keep serving; "
+                      f"`supervisorctl restart {msg.name}` to try again")
+            self._note("model.failed", action.reason)
+            self._notifier.status(self._status_line() + f"; model {msg.name} FAILED")
 
     # -- message handling ------------------------------------------------------------------
 
@@ -369,10 +554,39 @@ class Daemon:
             if self._recheck_at is not None and self._clock() >= self._recheck_at:
                 self._apply_config("re-check of files being written")
             self._feed(msg)
+            self._schedule_model_probes()
         elif isinstance(msg, InstanceExited):
-            log.warning("server.exited", reason=msg.reason, state=self.machine.state.value,
-                        action="treated as a failure")
-            self._feed(Exited(msg.token, msg.reason, random.random()))  # noqa: S311
+            self._spawn(self._diagnose(msg), "diagnose")
+        elif isinstance(msg, _Diagnosed):
+            d = msg.diagnosis
+            self.last_failure = d
+            log.warning("server.exited", reason=msg.exited.reason, cause=d.cause.value,
+                        hint=d.hint, evidence=d.evidence, state=self.machine.state.value,
+                        action="treated as a failure: restart with backoff")
+            self._feed(Exited(msg.exited.token, f"{msg.exited.reason} ({d.cause.value})",
+                              random.random()))  # noqa: S311
+        elif isinstance(msg, _Observed):
+            if msg.token == self.machine.instance:
+                if msg.loaded is not None:
+                    newly_failed = [n for n, st in msg.loaded.items()
+                                    if st == "failed" and self.loaded.get(n) != "failed"]
+                    self.loaded = msg.loaded
+                    for name in newly_failed:
+                        if name in self.model_health and name not in self._model_tasks:
+                            self._on_model_probed(_ModelProbed(
+                                msg.token, name, False, f"model name={name} failed to load "
+                                "(the engine reports its load as failed)"))
+                work = msg.activity.work
+                self._samples.append((msg.at, None if work is None else work - self._own_work,
+                                      msg.activity.in_flight))
+        elif isinstance(msg, _ModelProbed):
+            self._on_model_probed(msg)
+        elif isinstance(msg, _ModelRestarted):
+            self._model_tasks.discard(msg.name)
+            h = self.model_health.get(msg.name)
+            if h is not None and msg.token == self.machine.instance:
+                self.model_health[msg.name] = mh.restart_done(h, msg.ok, msg.detail)
+                log.info("model.restarted", model=msg.name, ok=msg.ok, detail=msg.detail)
         elif isinstance(msg, InstanceHealth):
             if not msg.healthy:
                 log.warning("probe.failed", probe="docker-healthcheck", error=msg.detail,
@@ -457,12 +671,16 @@ class Daemon:
                 self._notifier.reloading()
                 result = self._reload()
                 self._notifier.reloaded(self._status_line())
+            elif cmd.name == "restart" and cmd.args.get("model"):
+                result = self._operator_restart_model(str(cmd.args["model"]))
             elif cmd.name == "restart":
                 if self.spec is None:
                     result = {"ok": False, "error": "no valid configuration to start; "
                               "fix it and run `supervisorctl reload`"}
                 else:
-                    self._feed(Restart("operator: supervisorctl restart"))
+                    force = bool(cmd.args.get("force"))
+                    self._feed(Restart("operator: supervisorctl restart"
+                                       + (" --force" if force else ""), force=force))
                     result = {"ok": True, "state": self.machine.state.value}
             else:
                 result = {"ok": False, "error": f"unknown command {cmd.name!r}"}
@@ -471,6 +689,22 @@ class Daemon:
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if not cmd.reply.done():
             cmd.reply.set_result(result)
+
+    def _operator_restart_model(self, name: str) -> dict[str, Any]:
+        token = self.machine.instance
+        if name not in self.model_health:
+            return {"ok": False, "error": f"no model named {name!r}; known: "
+                    f"{', '.join(self.model_health) or 'none'}"}
+        if token is None or self.machine.state not in (State.RUNNING, State.UNHEALTHY):
+            return {"ok": False, "error": f"the server is {self.machine.state.value}: "
+                    "restart the server instead"}
+        self.model_health[name] = mh.ModelHealth(name, state=mh.ModelState.RESTARTING)
+        self._model_tasks.add(name)
+        self._counters.model_restarts += 1
+        log.info("model.restart", model=name, reason="operator: supervisorctl restart MODEL",
+                 action="restarting this model alone")
+        self._spawn(self._restart_model(token, name, "operator"), f"restart-{name}")
+        return {"ok": True, "state": self.machine.state.value, "model": name}
 
     # -- status ----------------------------------------------------------------------------
 
@@ -484,12 +718,19 @@ class Daemon:
             files = {f.name: f for f in self.models.files}
             for entry in self.models.entries:
                 f = files.get(entry.name)
+                h = self.model_health.get(entry.name)
                 models.append({
                     "name": entry.name,
                     "file": f.relpath if f else None,
                     "size": f.size if f else None,
                     "listed": entry.name in self.models_seen,
                     "state": self.models_seen.get(entry.name),
+                    "loaded": self.loaded.get(entry.name) == "loaded",
+                    "health": h.state.value if h else None,
+                    "last_probe_seconds_ago": round(now - h.last_probe, 3)
+                    if h and h.last_probe is not None else None,
+                    "last_error": h.last_error if h else None,
+                    "restarts": len(h.restarts) if h else 0,
                 })
         rejection = None
         if self.rejection is not None:
@@ -513,6 +754,15 @@ class Daemon:
             "restarts": m.restarts,
             "restarts_by_reason": dict(self._counters.restarts_by_reason),
             "consecutive_failures": m.attempt,
+            "last_failure": None if self.last_failure is None else {
+                "cause": self.last_failure.cause.value, "hint": self.last_failure.hint,
+                "evidence": self.last_failure.evidence},
+            "model_restarts": self._counters.model_restarts,
+            "drain": {"drains": self._counters.drains,
+                      "drained_requests": self._counters.drained_requests,
+                      "cut_off_requests": self._counters.cut_off_requests},
+            "idle_seconds": None if not self._samples else mh.idle_for(
+                list(self._samples), now, PROBE_WORK),
             "retry_in_seconds": round(m.retry_at - now, 3) if m.retry_at is not None else None,
             "config": {
                 "file": str(self.settings.server.model_config_file),
@@ -549,6 +799,11 @@ class Daemon:
                 if live.ok:
                     ready, seen = await self._prober.readiness(token, self.models.names)
                     self.post(_Probed(ready, seen))
+                    if ready.ok and m.state is not State.STARTING:
+                        loaded = await self._prober.loaded()
+                        names = [k for k, v in (loaded or {}).items() if v == "loaded"]
+                        activity = await self._prober.activity(names)
+                        self.post(_Observed(token, self._clock(), loaded, activity))
                 if m.state is State.STARTING:
                     interval = min(interval, 0.5)
             else:
@@ -581,6 +836,7 @@ class Daemon:
             self.instance = existing
             self._last_launch = self._clock()
             self._feed(Adopted(existing.token, existing.ident[:12]))
+            self._fresh_instance()
         else:
             self._feed(Start("supervisor start"))
 

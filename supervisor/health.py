@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .engines import EngineAdapter
+from .engines import Activity, Call, EngineAdapter
 from .policy import Probe, ProbeResult
 
 
@@ -74,14 +74,38 @@ class Prober:
             return ProbeResult(instance, Probe.READINESS, False, f"GET {path}: {exc}"), ModelsSeen(
                 {})
         seen = self._engine.listed_models(body)
+        # A model that failed to load is the per-model probes' business (restart that model,
+        # not the server); readiness only asks that every configured model is served.
         missing = [m for m in expected if m not in seen]
-        failed = [m for m, state in seen.items() if m in expected and state == "failed"]
         if missing:
             return (ProbeResult(instance, Probe.READINESS, False,
                                 f"GET {path}: not listed: {', '.join(missing)}"), ModelsSeen(seen))
-        if failed:
-            return (ProbeResult(instance, Probe.READINESS, False,
-                                f"GET {path}: failed to load: {', '.join(failed)}"),
-                    ModelsSeen(seen))
         return (ProbeResult(instance, Probe.READINESS, True,
                             f"{len(expected)} model(s) listed"), ModelsSeen(seen))
+
+    async def call(self, call: Call, timeout: float) -> tuple[int, str]:
+        """Send one described request; (0, reason) when there was no HTTP answer."""
+        try:
+            async with self._http().request(
+                call.method, self._base + call.path, json=call.body,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                return resp.status, (await resp.read()).decode("utf-8", "replace")
+        except TimeoutError:
+            return 0, f"no answer within {timeout:g}s"
+        except aiohttp.ClientError as exc:
+            return 0, f"{type(exc).__name__}: {exc}"
+
+    async def loaded(self) -> dict[str, str] | None:
+        status, text = await self.call(self._engine.loaded_call(), self._timeout.total or 5)
+        if status != 200:
+            return None
+        try:
+            return self._engine.loaded_models(json.loads(text))
+        except ValueError:
+            return None
+
+    async def activity(self, loaded: list[str]) -> Activity:
+        timeout = self._timeout.total or 5
+        answers = [await self.call(c, timeout) for c in self._engine.activity_calls(loaded)]
+        return self._engine.activity(answers)

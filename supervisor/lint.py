@@ -7,12 +7,15 @@ come from parsing and checking in modelconfig.py). The mechanisms behind the rul
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .ggufinfo import GGUFInfo
 from .settings import Engine, Settings
 
+# gpu_layers at or above this is the common "offload everything" idiom.
+ALL_LAYERS_IDIOM = 99
 # Below this many tokens per slot, ordinary prompt + answer pairs get cut off.
 MIN_SLOT_CONTEXT = 1024
 # Room a prompt needs next to max_tokens for the slot not to fill first.
@@ -50,7 +53,7 @@ def context_for(settings: Settings) -> LintContext:
     return LintContext(
         engine=srv.engine, single_active_backend=srv.single_active_backend,
         parallel=srv.parallel,
-        gpu_memory_bytes=int(srv.gpu_memory_gb * 1e9) if srv.gpu_memory_gb else None,
+        gpu_memory_bytes=int(srv.gpu_memory_gb * 1024**3) if srv.gpu_memory_gb else None,
     )
 
 
@@ -74,7 +77,7 @@ class ModelFacts:
 def _slots(facts: ModelFacts, ctx: LintContext) -> int:
     for opt in facts.options:
         key, _, value = opt.partition(":")
-        if key.strip() == "parallel" and value.strip().isdigit():
+        if key.strip() == "parallel" and re.fullmatch(r"[0-9]{1,6}", value.strip()):
             return max(1, int(value))
     return ctx.parallel if ctx.engine is Engine.LOCALAI else 1
 
@@ -133,13 +136,17 @@ def special_token_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     if f.gguf is not None and not f.use_tokenizer_template:
         tokens = [t for t in (f.gguf.eos_token, f.gguf.eot_token) if t]
         for tok in dict.fromkeys(tokens):
-            if tok not in stops and not any(tok in s for s in stops):
+            # A stopword stops generation when it appears in the output: one that is part of
+            # the token's text stops it; a longer one containing it never matches.
+            if not any(s and s in tok for s in stops):
                 out.append(Lint(
                     "special-tokens", f.name, ("stopwords",),
                     f"the model ends turns with {tok!r} but stopwords does not list it: special "
                     "tokens will appear at the end of answers",
                     f"add {tok!r} to stopwords, or set template.use_tokenizer_template: true"))
-    for key, text in sorted(f.templates.items()):
+    # With use_tokenizer_template LocalAI ignores the Go templates.
+    templates = {} if f.use_tokenizer_template else f.templates
+    for key, text in sorted(templates.items()):
         for marker in _markers_in(text):
             if marker not in stops:
                 out.append(Lint(
@@ -171,7 +178,8 @@ def gpu_layers_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     if f.gpu_layers is None or f.gguf is None or f.gguf.block_count is None:
         return []
     most = f.gguf.block_count + 1
-    if f.gpu_layers <= most:
+    # 99 / 999 / -1 are the usual ways to say "all layers": not a mistake.
+    if f.gpu_layers <= most or f.gpu_layers >= ALL_LAYERS_IDIOM:
         return []
     return [Lint(
         "gpu-layers-exceed", f.name, ("gpu_layers",),

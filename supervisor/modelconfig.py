@@ -278,6 +278,14 @@ def _read_sources(path: Path, *, required: bool) -> tuple[list[_Source], list[Pr
     return out, []
 
 
+def _is_file(path: Path) -> bool:
+    """is_file() that treats a name the file system refuses (too long, …) as absent."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _models_dir_yamls(models_dir: Path, config_file: Path) -> list[Path]:
     """``*.yaml``/``*.yml`` in the models dir, not recursive, no dotfiles (as LocalAI)."""
     try:
@@ -359,30 +367,30 @@ def _type_problems(src: _Source, exc: ValidationError) -> list[Problem]:
 
 
 def _resolve_template(value: str, models_dir: Path) -> str:
-    """LocalAI reads a template value without ``{{`` as the name of a .tmpl file."""
+    """LocalAI reads ``<value>.tmpl`` from the models dir if it exists, else the text itself."""
     if "{{" in value:
         return value
-    for candidate in (models_dir / f"{value}.tmpl", models_dir / value):
-        if resolve_model_path(models_dir, candidate.name) is not None and candidate.is_file():
-            try:
-                return candidate.read_text(encoding="utf-8", errors="replace")[:_MAX_YAML_BYTES]
-            except OSError:
-                return value
+    candidate = resolve_model_path(models_dir, f"{value}.tmpl")
+    try:
+        if candidate is not None and candidate.is_file():
+            return candidate.read_text(encoding="utf-8", errors="replace")[:_MAX_YAML_BYTES]
+    except OSError:
+        pass
     return value
 
 
 def _inspect(entry: ModelEntry, target: Path) -> ModelFileInfo | Pending | Problem | None:
     rel = entry.parameters.model or ""
-    looks_gguf = rel.lower().endswith(".gguf") or entry.backend in _LLAMA_BACKENDS
-    if not looks_gguf:
+    named_gguf = rel.lower().endswith(".gguf")
+    if not named_gguf and entry.backend not in _LLAMA_BACKENDS:
         return None
     try:
         info = inspect_model(target)
     except GGUFError as exc:
+        if not named_gguf:
+            return None  # another format (or a name without .gguf): not ours to judge
         if "truncated" in exc.message:
             return Pending(entry.name, target, exc.message)
-        if not rel.lower().endswith(".gguf"):
-            return None  # another backend's format; not ours to judge
         return Problem(target, exc.message, code="not-gguf", model=entry.name)
     except OSError as exc:
         return Problem(target, f"cannot read: {exc.strerror}", code="unreadable",
@@ -449,7 +457,7 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
                 problems.append(Problem(src.file, f"{rel!r} is a temporary name (a copy in "
                                         "progress?)", line=line, field=where, code="temp-name",
                                         model=entry.name, hint="point at the final file name"))
-            elif not target.is_file():
+            elif not _is_file(target):
                 problems.append(Problem(src.file, f"{rel!r} does not exist in {models_dir}",
                                         line=line, field=where, code="missing-file",
                                         model=entry.name))
@@ -491,9 +499,10 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
     models = None
     if not errors and not pending:
         canonical = json.dumps({
-            "entries": [e.model_dump(mode="json", exclude_none=True) for e, _ in entries],
+            # Python mode + repr: a !!binary value is bytes, which JSON mode cannot decode.
+            "entries": [e.model_dump(exclude_none=True) for e, _ in entries],
             "files": [(f.relpath, f.size, f.fingerprint) for f in files],
-        }, sort_keys=True)
+        }, sort_keys=True, default=repr)
         models = ModelSet(config_file, tuple(e for e, _ in entries), tuple(files),
                           hashlib.sha256(canonical.encode()).hexdigest()[:12],
                           (config_file, *extra))

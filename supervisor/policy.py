@@ -58,9 +58,23 @@ class Stop:
 
 @dataclass(frozen=True)
 class Restart:
-    """A planned restart (config change, operator): not a failure, no backoff."""
+    """A planned restart (config change, operator): not a failure, no backoff.
+
+    Requests in flight are drained first unless ``force``.
+    """
 
     reason: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Escalate:
+    """Something inside the live server failed beyond repair in place (a model that
+    model restarts did not fix): restart the server, as a failure (with backoff)."""
+
+    instance: str
+    reason: str
+    rand: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,8 @@ class Tick:
 
 
 Event = (
-    Start | Stop | Restart | Adopted | Launched | LaunchFailed | Exited | Stopped | ProbeResult
-    | Tick
+    Start | Stop | Restart | Escalate | Adopted | Launched | LaunchFailed | Exited | Stopped
+    | ProbeResult | Tick
 )
 
 # ---- actions ------------------------------------------------------------------------------
@@ -128,9 +142,13 @@ class Launch:
 
 @dataclass(frozen=True)
 class Terminate:
-    """Stop the current instance (bounded by the stop timeout, then killed)."""
+    """Stop the current instance (bounded by the stop timeout, then killed).
+
+    ``drain``: first wait (bounded) for requests in flight; planned stops only.
+    """
 
     reason: str
+    drain: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,7 +330,7 @@ def _stop(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
         return Decision(_enter(m, State.STOPPED, now, instance=None, retry_at=None),
                         (Announce("server.stopped", e.reason),))
     return Decision(_enter(m, State.STOPPING, now, intent=Intent.STOP, retry_at=None,
-                           last_reason=e.reason), (Terminate(e.reason),))
+                           last_reason=e.reason), (Terminate(e.reason, drain=True),))
 
 
 def _restart(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
@@ -321,8 +339,15 @@ def _restart(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
         return _start_from_idle(m, e, now, rules)
     return Decision(
         _enter(m, State.STOPPING, now, intent=Intent.RESTART, retry_at=None, last_reason=e.reason),
-        (Terminate(e.reason),),
+        (Terminate(e.reason, drain=not e.force),),
     )
+
+
+def _escalate(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Escalate)
+    if e.instance != m.instance:
+        return Decision(m, ignored=True)
+    return _fail(m, now, rules, e.reason, e.rand, needs_stop=True)
 
 
 def _restart_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
@@ -393,6 +418,7 @@ _TABLE: dict[tuple[State, type], Handler] = {
     **{(s, ProbeResult): _probe for s in _LIVE},
     **{(s, Stop): _stop for s in _LIVE},
     **{(s, Restart): _restart for s in _LIVE},
+    **{(s, Escalate): _escalate for s in _LIVE},
     **{(s, Tick): _tick for s in _LIVE},
 }
 

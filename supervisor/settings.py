@@ -91,7 +91,7 @@ class ServerSection(_Section):
     parallel: int = Field(8, ge=1)
     startup_timeout: float = Field(600.0, gt=0)
     stop_timeout: float = Field(30.0, gt=0)
-    # GPU memory for lint's "models will not fit together" check; unset: not checked.
+    # GPU memory in GiB for lint's "models will not fit together" check; unset: not checked.
     gpu_memory_gb: float | None = Field(None, gt=0)
 
     @property
@@ -145,12 +145,31 @@ class ProcessSection(_Section):
     binary: Path | None = None
 
 
+class ProbeUnloaded(StrEnum):
+    WHEN_IDLE = "when-idle"
+    NEVER = "never"
+
+
 class HealthSection(_Section):
     interval: float = Field(5.0, gt=0)
     timeout: float = Field(3.0, gt=0)
     failure_threshold: int = Field(3, ge=1)
     # Readiness (every model listed) may fail this long before the server is restarted.
     unhealthy_grace: float = Field(120.0, ge=0)
+    # Per-model probes: a one-token request to each model.
+    model_probes: bool = True
+    model_interval: float = Field(30.0, gt=0)
+    model_timeout: float = Field(15.0, gt=0)
+    model_load_timeout: float = Field(300.0, gt=0)
+    model_failure_threshold: int = Field(2, ge=1)
+    # Unloaded models: probe only after the server was idle this long, or never (each such
+    # probe loads the model, which evicts another with a single active backend).
+    probe_unloaded: ProbeUnloaded = ProbeUnloaded.WHEN_IDLE
+    idle_seconds: float = Field(120.0, gt=0)
+    # Restarts of one model (in place) before the whole server is restarted for it.
+    model_restarts: int = Field(2, ge=0)
+    # Planned restarts and stops wait this long for requests in flight (0: no drain).
+    drain_timeout: float = Field(60.0, ge=0)
 
 
 class RestartSection(_Section):

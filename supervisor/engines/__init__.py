@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from ..settings import Engine
-from .base import EngineAdapter, EngineLaunch, RenderedFile, ServerPaths
+from .base import Activity, Call, EngineAdapter, EngineLaunch, RenderedFile, ServerPaths
 from .llamaserver import LlamaServerEngine
 from .localai import LocalAIEngine
 
-__all__ = ["EngineAdapter", "EngineLaunch", "RenderedFile", "ServerPaths", "engine_for"]
+__all__ = [
+    "Activity", "Call", "EngineAdapter", "EngineLaunch", "RenderedFile", "ServerPaths",
+    "engine_for",
+]
 
 
 def engine_for(kind: Engine) -> EngineAdapter:

@@ -12,7 +12,15 @@ from typing import Any
 
 from ..modelconfig import ModelEntry, ModelSet
 from ..settings import Engine, Settings
-from .base import EngineLaunch, RenderedFile, ServerPaths
+from .base import (
+    Activity,
+    Call,
+    EngineLaunch,
+    RenderedFile,
+    ServerPaths,
+    openai_probe,
+    prometheus_values,
+)
 
 PRESET_NAME = "models-preset.ini"
 
@@ -112,6 +120,8 @@ class LlamaServerEngine:
             "--host", srv.listen_host,
             "--port", str(srv.listen_port),
             "--threads", str(srv.threads),
+            # Per-model counters (n_decode_total, requests_processing) tell busy from idle.
+            "--metrics",
             *settings.llama_server.extra_args,
         )
         preset = RenderedFile(PRESET_NAME, render_preset(models, paths.models_dir))
@@ -138,3 +148,32 @@ class LlamaServerEngine:
                 value = "failed"
             out[str(item["id"])] = str(value) if value is not None else None
         return out
+
+    def loaded_call(self) -> Call:
+        return Call("GET", "/models")
+
+    def loaded_models(self, body: Any) -> dict[str, str]:
+        return {k: v or "unloaded" for k, v in self.listed_models(body).items()}
+
+    def probe_call(self, model: str, embeddings: bool, *, allow_load: bool = False) -> Call:
+        # autoload=false: a probe of a loaded model can never start a swap, even if the model
+        # was unloaded a moment ago (it answers 400 "model is not loaded" instead).
+        return openai_probe(model, embeddings, "" if allow_load else "?autoload=false")
+
+    def restart_model_calls(self, model: str) -> list[Call]:
+        return [Call("POST", "/models/unload", {"model": model}),
+                Call("POST", "/models/load", {"model": model})]
+
+    def activity_calls(self, loaded: list[str]) -> list[Call]:
+        return [Call("GET", f"/metrics?model={m}&autoload=false") for m in loaded]
+
+    def activity(self, answers: list[tuple[int, str]]) -> Activity:
+        work = 0.0
+        in_flight = 0
+        for status, text in answers:
+            if status != 200:
+                return Activity(None, None)
+            work += sum(v for _, v in prometheus_values(text, "llamacpp:n_decode_total"))
+            for name in ("llamacpp:requests_processing", "llamacpp:requests_deferred"):
+                in_flight += int(sum(v for _, v in prometheus_values(text, name)))
+        return Activity(work, in_flight)

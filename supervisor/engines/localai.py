@@ -11,7 +11,7 @@ from typing import Any
 
 from ..modelconfig import ModelSet
 from ..settings import Engine, Settings
-from .base import EngineLaunch, ServerPaths
+from .base import Activity, Call, EngineLaunch, ServerPaths, openai_probe, prometheus_values
 
 # The hand-run setup's variables that do not come from [server] settings.
 DEFAULT_ENV = {
@@ -19,6 +19,9 @@ DEFAULT_ENV = {
     "LOCALAI_PARALLEL_REQUESTS": "true",
     "PYTHON_GRPC_MAX_WORKERS": "8",
 }
+
+
+_INFERENCE_PATHS = ("/completions", "/embeddings", "/chat/", "/v1/audio", "/tts")
 
 
 class LocalAIEngine:
@@ -50,3 +53,34 @@ class LocalAIEngine:
         if not isinstance(data, list):
             return {}
         return {str(m["id"]): None for m in data if isinstance(m, dict) and "id" in m}
+
+    def loaded_call(self) -> Call:
+        return Call("GET", "/system")
+
+    def loaded_models(self, body: Any) -> dict[str, str]:
+        """``GET /system``: ``loaded_models`` lists what runs now; nothing else is loaded."""
+        loaded = body.get("loaded_models") if isinstance(body, dict) else None
+        if not isinstance(loaded, list):
+            return {}
+        return {str(m["id"]): "loaded" for m in loaded if isinstance(m, dict) and "id" in m}
+
+    def probe_call(self, model: str, embeddings: bool, *, allow_load: bool = False) -> Call:
+        # LocalAI has no "do not load" switch: callers only probe unloaded models when idle.
+        return openai_probe(model, embeddings)
+
+    def restart_model_calls(self, model: str) -> list[Call]:
+        # The backend is reloaded lazily by the next request (the next probe).
+        return [Call("POST", "/backend/shutdown", {"model": model})]
+
+    def activity_calls(self, loaded: list[str]) -> list[Call]:
+        return [Call("GET", "/metrics")]
+
+    def activity(self, answers: list[tuple[int, str]]) -> Activity:
+        """Completed inference calls from the ``api_call`` histogram; in-flight is unknown."""
+        work = 0.0
+        for status, text in answers:
+            if status != 200:
+                return Activity(None, None)
+            work += sum(v for labels, v in prometheus_values(text, "api_call_count")
+                        if any(p in labels for p in _INFERENCE_PATHS))
+        return Activity(work, None)

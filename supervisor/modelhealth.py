@@ -1,0 +1,189 @@
+"""Per-model health: which model to probe now, and what a failed probe leads to. Pure.
+
+With one active backend (LocalAI's single active backend, llama-server's --models-max 1),
+asking an unloaded model for anything swaps it in: slow, and it evicts the model users are
+talking to. So loaded models are probed freely (llama-server: with autoload off, so even a
+race cannot load anything), and unloaded ones only once the server has been idle long
+enough, or never.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+
+class ModelState(StrEnum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    FAILING = "failing"
+    RESTARTING = "restarting"
+    # Gave up: restarts (of the model, then of the server) did not help. Operator clears it.
+    FAILED = "failed"
+
+
+class UnloadedPolicy(StrEnum):
+    WHEN_IDLE = "when-idle"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class ProbeRules:
+    interval: float = 30.0
+    timeout: float = 10.0
+    # A model's first load (first probe, or after a restart) may take this long.
+    load_timeout: float = 300.0
+    failure_threshold: int = 2
+    unloaded: UnloadedPolicy = UnloadedPolicy.WHEN_IDLE
+    idle_seconds: float = 60.0
+    model_restarts: int = 2
+    # Model restarts older than this are forgiven.
+    restart_window: float = 900.0
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    name: str
+    state: ModelState = ModelState.UNKNOWN
+    failures: int = 0
+    last_probe: float | None = None
+    last_ok: float | None = None
+    last_error: str | None = None
+    restarts: tuple[float, ...] = ()
+    escalated: bool = False
+    # True until a probe succeeded since the last (re)start: allows the long load timeout.
+    cold: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeModel:
+    name: str
+    allow_load: bool
+    timeout: float
+
+
+@dataclass(frozen=True)
+class RestartModel:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RestartServer:
+    """A model still fails after model restarts: restart the whole server once."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    name: str
+    reason: str
+
+
+ModelAction = RestartModel | RestartServer | GiveUp
+
+
+def due(
+    health: Mapping[str, ModelHealth],
+    loaded: Mapping[str, str],
+    idle_for: float | None,
+    now: float,
+    rules: ProbeRules,
+) -> list[ProbeModel]:
+    """Models to probe now. At most one unloaded model per call: each one is a swap."""
+    out: list[ProbeModel] = []
+    unloaded_taken = False
+    for name, h in sorted(health.items()):
+        if h.state in (ModelState.FAILED, ModelState.RESTARTING):
+            continue
+        if h.last_probe is not None and now - h.last_probe < rules.interval:
+            continue
+        state = loaded.get(name, "unloaded")
+        timeout = rules.load_timeout if h.cold else rules.timeout
+        if state == "loaded":
+            out.append(ProbeModel(name, allow_load=False, timeout=timeout))
+        elif state == "loading":
+            continue
+        elif (rules.unloaded is UnloadedPolicy.WHEN_IDLE and not unloaded_taken
+              and idle_for is not None and idle_for >= rules.idle_seconds):
+            unloaded_taken = True
+            out.append(ProbeModel(name, allow_load=True, timeout=rules.load_timeout))
+    return out
+
+
+def probe_started(h: ModelHealth, now: float) -> ModelHealth:
+    return replace(h, last_probe=now)
+
+
+def probe_result(
+    h: ModelHealth, ok: bool, detail: str, now: float, rules: ProbeRules
+) -> tuple[ModelHealth, ModelAction | None]:
+    """Count a result; after ``failure_threshold`` failures restart the model, then the
+    server once, then give up on the model (the other models keep serving)."""
+    if ok:
+        return replace(h, state=ModelState.HEALTHY, failures=0, last_ok=now,
+                       last_error=None, cold=False, escalated=False), None
+    failures = h.failures + 1
+    h = replace(h, failures=failures, last_error=detail, state=ModelState.FAILING)
+    if failures < rules.failure_threshold:
+        return h, None
+    recent = tuple(t for t in h.restarts if now - t < rules.restart_window)
+    reason = f"{failures} failed probes: {detail}"
+    if len(recent) < rules.model_restarts:
+        return (replace(h, state=ModelState.RESTARTING, restarts=(*recent, now), failures=0,
+                        cold=True), RestartModel(h.name, reason))
+    if not h.escalated:
+        return (replace(h, escalated=True, failures=0, cold=True, restarts=recent),
+                RestartServer(h.name, f"model {h.name} still failing after {len(recent)} "
+                              f"model restart(s): {detail}"))
+    return (replace(h, state=ModelState.FAILED),
+            GiveUp(h.name, f"model {h.name} still failing after model and server restarts: "
+                   f"{detail}"))
+
+
+def restart_done(h: ModelHealth, ok: bool, detail: str) -> ModelHealth:
+    """The model restart calls returned; probes resume (cold: a reload may be slow)."""
+    return replace(h, state=ModelState.FAILING, last_error=None if ok else detail, cold=True)
+
+
+def reset(names: Sequence[str], old: Mapping[str, ModelHealth]) -> dict[str, ModelHealth]:
+    """Fresh records for a (re)started server; FAILED and restart history survive a restart
+    the supervisor chose for the model (``escalated``), nothing else does."""
+    out = {}
+    for name in names:
+        prev = old.get(name)
+        if prev is not None and prev.escalated:
+            out[name] = ModelHealth(name, restarts=prev.restarts, escalated=True,
+                                    state=prev.state if prev.state is ModelState.FAILED
+                                    else ModelState.UNKNOWN)
+        else:
+            out[name] = ModelHealth(name)
+    return out
+
+
+def idle_for(samples: Sequence[tuple[float, float | None, int | None]], now: float,
+             own_work: float) -> float | None:
+    """Seconds the server has been idle, from (time, work counter, in-flight) samples.
+
+    ``own_work`` is how much the supervisor's own probes may have added between samples;
+    more than that, or anything in flight, is user traffic. None: unknown (never idle).
+    """
+    if not samples:
+        return None
+    last_busy: float | None = None
+    prev: tuple[float, float | None, int | None] | None = None
+    for sample in samples:
+        t, work, flight = sample
+        if work is None:
+            return None
+        busy = bool(flight)
+        if prev is not None and prev[1] is not None and work - prev[1] > own_work:
+            busy = True
+        if busy:
+            last_busy = t
+        prev = sample
+    start = samples[0][0]
+    return now - (last_busy if last_busy is not None else start)

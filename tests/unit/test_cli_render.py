@@ -1,0 +1,140 @@
+"""``supervisorctl status`` output: ``cli.render_status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from supervisor.cli import render_status
+
+ERROR = "/etc/localai/config.yaml:3: tiny-a.context_size: Input should be a valid integer"
+
+BACKOFF: dict[str, Any] = {
+    "version": "0.1.0",
+    "state": "BACKOFF",
+    "since_seconds": 3.4,
+    "reason": "exited: exit code 137, OOM-killed",
+    "engine": "llama-server",
+    "runtime": "docker",
+    "runtime_connected": True,
+    "server_url": "http://127.0.0.1:40080",
+    "instance": None,
+    "uptime_seconds": None,
+    "restarts": 2,
+    "consecutive_failures": 2,
+    "retry_in_seconds": 4.6,
+    "config": {
+        "file": "/etc/localai/config.yaml",
+        "models_dir": "/var/lib/localai/model",
+        "revision": "0123456789ab",
+        "spec": "feedfacefeedface",
+        "rejected": {"at": 12.0, "errors": [ERROR, "second problem"]},
+    },
+    "models": [
+        {"name": "tiny-a", "file": "tiny-a.gguf", "size": 1, "listed": True, "state": "loaded"},
+        {"name": "tiny-b", "file": None, "size": None, "listed": False, "state": None},
+    ],
+    "recent_events": [],
+}
+
+RUNNING: dict[str, Any] = {
+    **BACKOFF,
+    "state": "RUNNING",
+    "since_seconds": 150.0,
+    "reason": "config changed",
+    "runtime_connected": False,
+    "instance": {"id": "f00dfacecafe1234567890", "pid": 4242, "image": "llama-server:test"},
+    "uptime_seconds": 7260.0,
+    "retry_in_seconds": None,
+    "config": {**BACKOFF["config"], "rejected": None},
+    "models": [],
+}
+
+
+def test_tty_form_is_aligned() -> None:
+    assert render_status(BACKOFF, tty=True) == "\n".join([
+        "state     BACKOFF (exited: exit code 137, OOM-killed)",
+        "since     3.4s",
+        "engine    llama-server on docker",
+        "server    http://127.0.0.1:40080",
+        "instance  -",
+        "uptime    -",
+        "restarts  2",
+        "config    /etc/localai/config.yaml revision 0123456789ab",
+        "retry in  4.6s",
+        "REJECTED  latest config change not applied:",
+        f"          {ERROR}",
+        "          second problem",
+        "",
+        "MODEL   FILE         LISTED  STATE",
+        "tiny-a  tiny-a.gguf  yes     loaded",
+        "tiny-b  -            no      -",
+    ])
+
+
+def test_piped_form_is_tab_separated() -> None:
+    assert render_status(BACKOFF, tty=False) == "\n".join([
+        "state\tBACKOFF (exited: exit code 137, OOM-killed)",
+        "since\t3.4s",
+        "engine\tllama-server on docker",
+        "server\thttp://127.0.0.1:40080",
+        "instance\t-",
+        "uptime\t-",
+        "restarts\t2",
+        "config\t/etc/localai/config.yaml revision 0123456789ab",
+        "retry in\t4.6s",
+        "REJECTED\tlatest config change not applied:",
+        f"\t{ERROR}",
+        "\tsecond problem",
+        "",
+        "MODEL\tFILE\tLISTED\tSTATE",
+        "tiny-a\ttiny-a.gguf\tyes\tloaded",
+        "tiny-b\t-\tno\t-",
+    ])
+
+
+def test_running_hides_the_reason_and_shows_the_instance() -> None:
+    assert render_status(RUNNING, tty=True) == "\n".join([
+        "state     RUNNING",
+        "since     2.5m",
+        "engine    llama-server on docker (engine unreachable)",
+        "server    http://127.0.0.1:40080",
+        "instance  f00dfacecafe pid 4242",
+        "uptime    2.0h",
+        "restarts  2",
+        "config    /etc/localai/config.yaml revision 0123456789ab",
+    ])
+
+
+def test_minimal_status_before_any_config() -> None:
+    st = {"state": "STOPPED", "engine": "localai", "runtime": "process",
+          "config": {"file": "/etc/localai/config.yaml", "revision": None}}
+    lines = render_status(st, tty=False).split("\n")
+    assert lines == [
+        "state\tSTOPPED",
+        "since\t-",
+        "engine\tlocalai on process",
+        "server\t-",
+        "instance\t-",
+        "uptime\t-",
+        "restarts\t0",
+        "config\t/etc/localai/config.yaml revision -",
+    ]
+
+
+def test_process_instance_without_pid() -> None:
+    st = {**RUNNING, "instance": {"id": "abc", "pid": None}}
+    fields = dict(line.split("\t", 1) for line in render_status(st, tty=False).split("\n"))
+    assert fields["instance"] == "abc pid -"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0.0s"), (59.96, "60.0s"), (119.9, "119.9s"), (120, "2.0m"), (5400, "90.0m"),
+     (7200, "2.0h"), (90000, "25.0h"), (None, "-")],
+)
+def test_durations(seconds: float | None, shown: str) -> None:
+    st = {**RUNNING, "since_seconds": seconds}
+    fields = dict(line.split("\t", 1) for line in render_status(st, tty=False).split("\n"))
+    assert fields["since"] == shown

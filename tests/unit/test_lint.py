@@ -1,0 +1,558 @@
+"""Lint rules: each one triggered and not triggered, as pure functions and through validate().
+
+The exact messages are asserted on purpose: they are what an operator reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.ggufinfo import GGUFInfo
+from supervisor.lint import (
+    MIN_SLOT_CONTEXT,
+    Lint,
+    LintContext,
+    ModelFacts,
+    closest,
+    kv_cache_bytes,
+    lint,
+)
+from supervisor.localai_schema import known_keys
+from supervisor.modelconfig import Problem, Validation, validate
+from supervisor.settings import Engine
+from supervisor.tinygguf import DEFAULT_CHAT_TEMPLATE, write_tiny_llama
+
+LOCALAI = LintContext()
+LLAMA = LintContext(engine=Engine.LLAMA_SERVER)
+
+
+def gguf(**fields: Any) -> GGUFInfo:
+    """Header facts like a tiny llama's (2 blocks, 64 wide, 4096 trained, eos </s>)."""
+    base: dict[str, Any] = dict(
+        path=Path("/m/tiny.gguf"), version=3, architecture="llama", name="tiny",
+        block_count=2, context_length=4096, embedding_length=64, file_type=1,
+        file_type_name="MOSTLY_F16", quantization="F16", bos_token_id=1, bos_token="<s>",
+        eos_token_id=2, eos_token="</s>", eot_token_id=None, eot_token=None,
+        chat_template=DEFAULT_CHAT_TEMPLATE, kv_count=20, tensor_count=21, alignment=32,
+        data_offset=8064, expected_size=239488, unknown_tensor_types=(), actual_size=239488,
+        header_bytes_read=8064, split=None, split_tensor_count=None,
+    )
+    return GGUFInfo(**{**base, **fields})
+
+
+def facts(**fields: Any) -> ModelFacts:
+    """An entry that triggers no rule; each test changes what it is about."""
+    base: dict[str, Any] = dict(
+        name="m", context_size=4096, max_tokens=256, gpu_layers=None, stopwords=("</s>",),
+        templates={}, use_tokenizer_template=False, options=(), file_size=239488,
+        gguf=gguf(),
+    )
+    return ModelFacts(**{**base, **fields})
+
+
+def codes(found: list[Lint]) -> list[str]:
+    return [w.code for w in found]
+
+
+def only(found: list[Lint]) -> Lint:
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_baseline_facts_are_clean() -> None:
+    assert lint([facts()], LOCALAI) == []
+    assert lint([facts()], LLAMA) == []
+
+
+# ---- context-size-unset -------------------------------------------------------------------
+
+
+def test_context_size_unset() -> None:
+    w = only(lint([facts(context_size=None)], LOCALAI))
+    assert w == Lint(
+        "context-size-unset", "m", ("context_size",),
+        "context_size is not set: LocalAI up to v2.26 uses 512 tokens, v2.27-v4.6.0 take the "
+        "model's whole trained context (4096 tokens here), which may not fit in memory",
+        "set context_size explicitly")
+
+
+def test_context_size_unset_without_gguf_facts() -> None:
+    w = only(lint([facts(context_size=None, gguf=None)], LOCALAI))
+    assert "trained context, which may not fit" in w.message
+
+
+def test_context_size_unset_is_not_reported_for_llama_server() -> None:
+    # llama-server's own default caps the context at the trained one; nothing to guess.
+    assert lint([facts(context_size=None)], LLAMA) == []
+
+
+# ---- context-exceeds-training -------------------------------------------------------------
+
+
+def test_context_exceeds_training() -> None:
+    w = only(lint([facts(context_size=8192)], LOCALAI))
+    assert w == Lint(
+        "context-exceeds-training", "m", ("context_size",),
+        "context_size 8192 exceeds the model's trained context 4096: output degrades past it",
+        "set context_size to at most 4096")
+    assert lint([facts(context_size=4096)], LOCALAI) == []
+    assert lint([facts(context_size=8192, gguf=gguf(context_length=None))], LOCALAI) == []
+    assert codes(lint([facts(context_size=8192)], LLAMA)) == ["context-exceeds-training"]
+
+
+# ---- context-too-small --------------------------------------------------------------------
+
+
+def test_context_too_small_split_over_parallel_slots() -> None:
+    w = only(lint([facts(context_size=4095)], LintContext(parallel=8)))
+    assert w == Lint(
+        "context-too-small", "m", ("context_size",),
+        "about 511 tokens per request split over 8 parallel slots (LLAMACPP_PARALLEL / options "
+        "parallel; LocalAI before v4.3.0 does not unify the KV cache): answers will be cut off "
+        "mid-sentence when prompt + answer fill it, and LocalAI still reports finish_reason "
+        "\"stop\"",
+        "raise context_size to at least 8192 or lower the parallel slots")
+
+
+def test_context_too_small_single_slot() -> None:
+    w = only(lint([facts(context_size=512)], LOCALAI))
+    assert w.message.startswith("about 512 tokens per request: answers will be cut off")
+    assert w.hint == f"raise context_size to at least {MIN_SLOT_CONTEXT}"
+
+
+def test_context_too_small_counts_max_tokens_plus_a_prompt() -> None:
+    w = only(lint([facts(context_size=2048, max_tokens=2000)], LOCALAI))
+    assert w.hint == "raise context_size to at least 2256"
+    assert lint([facts(context_size=2256, max_tokens=2000)], LOCALAI) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "warns"),
+    [
+        (("parallel:2",), False),  # 4095 // 2 = 2047 per slot: enough
+        (("parallel: 2",), False),
+        (("parallel:8",), True),
+        (("parallel:x",), True),  # not a number: the server setting (8) stands
+        (("parallel:0",), False),  # at least one slot
+        (("context_shift:true",), True),
+    ],
+)
+def test_options_parallel_overrides_the_server_setting(options: tuple[str, ...],
+                                                       warns: bool) -> None:
+    found = lint([facts(context_size=4095, options=options)], LintContext(parallel=8))
+    assert codes(found) == (["context-too-small"] if warns else [])
+
+
+def test_llama_server_slots_do_not_follow_llamacpp_parallel() -> None:
+    assert lint([facts(context_size=4095)], LintContext(engine=Engine.LLAMA_SERVER,
+                                                        parallel=8)) == []
+
+
+@pytest.mark.xfail(
+    strict=True, raises=ValueError,
+    reason="BUG: _slots() accepts any str.isdigit() value, which includes Unicode digits such "
+    "as '²' that int() rejects: options: ['parallel:²'] makes lint (and validate) raise",
+)
+def test_options_parallel_with_a_unicode_digit_does_not_raise() -> None:
+    lint([facts(options=("parallel:²",))], LOCALAI)
+
+
+# ---- max-tokens-unset ---------------------------------------------------------------------
+
+
+def test_max_tokens_unset() -> None:
+    w = only(lint([facts(max_tokens=None)], LOCALAI))
+    assert w == Lint(
+        "max-tokens-unset", "m", ("parameters", "max_tokens"),
+        "parameters.max_tokens is not set: only the slot's context bounds an answer, so a "
+        "runaway answer is cut mid-sentence when the context fills",
+        "set parameters.max_tokens below the per-request context")
+    assert lint([facts(max_tokens=0)], LOCALAI) == []
+
+
+# ---- special-tokens -----------------------------------------------------------------------
+
+
+def test_special_tokens_missing_from_stopwords() -> None:
+    w = only(lint([facts(stopwords=())], LOCALAI))
+    assert w == Lint(
+        "special-tokens", "m", ("stopwords",),
+        "the model ends turns with '</s>' but stopwords does not list it: special tokens will "
+        "appear at the end of answers",
+        "add '</s>' to stopwords, or set template.use_tokenizer_template: true")
+
+
+def test_special_tokens_eos_and_eot_are_both_checked() -> None:
+    found = lint([facts(stopwords=(), gguf=gguf(eot_token="<|eot_id|>"))], LOCALAI)
+    assert [w.message.split("'")[1] for w in found] == ["</s>", "<|eot_id|>"]
+    same = lint([facts(stopwords=(), gguf=gguf(eot_token="</s>"))], LOCALAI)
+    assert len(same) == 1  # one warning per distinct token
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"stopwords": ("</s>",)},
+        {"stopwords": ("x", "</s>")},
+        {"stopwords": (), "use_tokenizer_template": True},
+        {"stopwords": (), "gguf": None},
+        {"stopwords": (), "gguf": gguf(eos_token=None)},
+    ],
+    ids=repr,
+)
+def test_special_tokens_not_reported(change: dict[str, Any]) -> None:
+    assert lint([facts(**change)], LOCALAI) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: special_token_rules treats a stopword that *contains* the token ('</s>\\n') as "
+    "covering it (`tok in s`), but a stop string longer than the emitted text never matches, "
+    "so '</s>' still ends the answer; the check is backwards (a stopword that is part of the "
+    "token, `s in tok`, is the one that stops on it)",
+)
+def test_a_longer_stopword_does_not_cover_the_token() -> None:
+    assert codes(lint([facts(stopwords=("</s>\n",))], LOCALAI)) == ["special-tokens"]
+
+
+def test_special_tokens_not_reported_for_llama_server() -> None:
+    assert lint([facts(stopwords=())], LLAMA) == []
+
+
+# ---- template-end-marker ------------------------------------------------------------------
+
+
+def test_template_end_marker() -> None:
+    chat = "<|im_start|>user\n{{.Input}}<|im_end|>\n<|im_start|>assistant\n"
+    w = only(lint([facts(templates={"chat": chat})], LOCALAI))
+    assert w == Lint(
+        "template-end-marker", "m", ("template", "chat"),
+        "template.chat ends turns with '<|im_end|>' but stopwords does not list it: the model "
+        "will echo it at the end of answers",
+        "add '<|im_end|>' to stopwords")
+    assert lint([facts(templates={"chat": chat}, stopwords=("</s>", "<|im_end|>"))],
+                LOCALAI) == []
+    assert lint([facts(templates={"chat": chat})], LLAMA) == []
+
+
+def test_template_end_markers_in_every_template_are_reported() -> None:
+    found = lint([facts(templates={"completion": "{{.Input}}[/INST]",
+                                   "chat_message": "{{.Content}}<|eot_id|>"})], LOCALAI)
+    assert [(w.path, w.message.split("'")[1]) for w in found] == [
+        (("template", "chat_message"), "<|eot_id|>"), (("template", "completion"), "[/INST]")]
+
+
+# ---- template-ignores-input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "wanted"),
+    [
+        ("chat", "{{.System}} hello", ".Input"),
+        ("completion", "{{.Content}}", ".Input"),
+        ("chat_message", "{{.RoleName}}:", ".Content or .Input"),
+        ("edit", "{{.System}}", ".Input or .Instruction"),
+    ],
+)
+def test_template_ignores_input(key: str, text: str, wanted: str) -> None:
+    w = only(lint([facts(templates={key: text})], LOCALAI))
+    first = wanted.split(" or ")[0]
+    assert w == Lint(
+        "template-ignores-input", "m", ("template", key),
+        f"template.{key} never uses {wanted}: the prompt never reaches the model",
+        f"insert {{{{{first}}}}} where the text should go")
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("chat", "{{.Input}}"),
+        ("chat_message", "{{.RoleName}}: {{.Content}}"),
+        ("edit", "{{.Instruction}}"),
+        ("chat", "chatml"),  # no "{{": a file name LocalAI could not resolve, or plain text
+        ("function", "{{.Functions}}"),  # no input rule for this key
+    ],
+)
+def test_template_uses_its_input(key: str, text: str) -> None:
+    assert lint([facts(templates={key: text})], LOCALAI) == []
+
+
+def test_template_ignores_input_is_reported_for_llama_server_too() -> None:
+    assert codes(lint([facts(templates={"chat": "{{.System}}"})], LLAMA)) == [
+        "template-ignores-input"]
+
+
+# ---- tokenizer-template-missing -----------------------------------------------------------
+
+
+def test_tokenizer_template_missing() -> None:
+    w = only(lint([facts(use_tokenizer_template=True, gguf=gguf(chat_template=None))], LOCALAI))
+    assert w == Lint(
+        "tokenizer-template-missing", "m", ("template", "use_tokenizer_template"),
+        "template.use_tokenizer_template is set but the GGUF has no tokenizer.chat_template",
+        "write template.chat / chat_message, or use a GGUF that carries a chat template")
+    assert lint([facts(use_tokenizer_template=True)], LOCALAI) == []
+    assert lint([facts(use_tokenizer_template=True, gguf=None)], LOCALAI) == []
+    assert lint([facts(gguf=gguf(chat_template=None))], LOCALAI) == []
+
+
+# ---- gpu-layers-exceed --------------------------------------------------------------------
+
+
+def test_gpu_layers_exceed() -> None:
+    w = only(lint([facts(gpu_layers=4)], LOCALAI))
+    assert w == Lint(
+        "gpu-layers-exceed", "m", ("gpu_layers",),
+        "gpu_layers 4 is more than this model's 2 blocks + 1: check that parameters.model is "
+        "the model you meant",
+        "gpu_layers: 3 offloads every layer")
+    for ok in (None, 0, 3):
+        assert lint([facts(gpu_layers=ok)], LOCALAI) == []
+    assert lint([facts(gpu_layers=4, gguf=None)], LOCALAI) == []
+    assert lint([facts(gpu_layers=4, gguf=gguf(block_count=None))], LOCALAI) == []
+
+
+# ---- models-do-not-fit --------------------------------------------------------------------
+
+TWO = [facts(name="a", file_size=3 * 2**30), facts(name="b", file_size=2**30)]
+
+
+def test_models_do_not_fit() -> None:
+    ctx = LintContext(single_active_backend=False, gpu_memory_bytes=2 * 2**30)
+    w = only(lint(TWO, ctx))
+    assert w == Lint(
+        "models-do-not-fit", None, (),
+        "the 2 models need up to 4.0 GiB together (files + KV cache) but the GPU has 2.0 GiB: "
+        "concurrent requests to two models will fail (could not load model: rpc error: code = "
+        "Canceled)",
+        "set server.single_active_backend = true, or serve fewer or smaller models")
+
+
+@pytest.mark.parametrize(
+    "ctx",
+    [
+        LintContext(single_active_backend=True, gpu_memory_bytes=2 * 2**30),
+        LintContext(single_active_backend=False, gpu_memory_bytes=None),
+        LintContext(single_active_backend=False, gpu_memory_bytes=5 * 2**30),
+    ],
+    ids=["single-active", "memory-unknown", "fits"],
+)
+def test_models_fit_or_are_not_checked(ctx: LintContext) -> None:
+    assert lint(TWO, ctx) == []
+
+
+def test_one_model_is_never_a_fit_problem() -> None:
+    ctx = LintContext(single_active_backend=False, gpu_memory_bytes=1)
+    assert lint([facts(file_size=10**12)], ctx) == []
+
+
+def test_kv_cache_bytes() -> None:
+    # K and V, f16 (2 bytes), 2 layers x 64 wide, per context token.
+    assert kv_cache_bytes(facts(context_size=1000)) == 2 * 2 * 1000 * 64 * 2
+    assert kv_cache_bytes(facts(context_size=None)) == 2 * 2 * 4096 * 64 * 2
+    assert kv_cache_bytes(facts(gguf=None)) == 0
+    assert kv_cache_bytes(facts(gguf=gguf(block_count=None))) == 0
+
+
+def test_kv_cache_counts_towards_the_fit() -> None:
+    small = [facts(name="a", file_size=0, context_size=1024),
+             facts(name="b", file_size=0, context_size=1024)]
+    kv = 2 * kv_cache_bytes(small[0])
+    assert lint(small, LintContext(single_active_backend=False, gpu_memory_bytes=kv)) == []
+    assert codes(lint(small, LintContext(single_active_backend=False,
+                                         gpu_memory_bytes=kv - 1))) == ["models-do-not-fit"]
+
+
+# ---- lint() as a whole and closest() ------------------------------------------------------
+
+
+def test_lint_is_pure_and_ordered_by_model_then_rule() -> None:
+    models = [facts(name="a", context_size=None, max_tokens=None),
+              facts(name="b", gpu_layers=9, stopwords=())]
+    first = lint(models, LOCALAI)
+    assert lint(models, LOCALAI) == first
+    assert [(w.model, w.code) for w in first] == [
+        ("a", "context-size-unset"), ("a", "max-tokens-unset"),
+        ("b", "special-tokens"), ("b", "gpu-layers-exceed")]
+
+
+def test_lint_of_nothing() -> None:
+    assert lint([], LintContext(single_active_backend=False, gpu_memory_bytes=1)) == []
+
+
+@pytest.mark.parametrize(
+    ("word", "section", "expected"),
+    [
+        ("templature", ("parameters",), "temperature"),
+        ("temperature", ("parameters",), "temperature"),
+        ("contex_size", (), "context_size"),
+        ("gpu_layer", (), "gpu_layers"),
+        ("stopword", (), "stopwords"),
+        ("use_tokenizer_templates", ("template",), "use_tokenizer_template"),
+        ("frobnicate", (), None),
+        ("x", (), None),
+    ],
+)
+def test_closest(word: str, section: tuple[str, ...], expected: str | None) -> None:
+    keys = known_keys(section)
+    assert keys is not None
+    assert closest(word, list(keys)) == expected
+
+
+def test_closest_with_no_candidates() -> None:
+    assert closest("anything", []) is None
+
+
+def test_context_for_settings() -> None:
+    from supervisor.lint import context_for
+    from supervisor.settings import Settings
+
+    ctx = context_for(Settings(server={"engine": "llama-server", "parallel": 3,
+                                       "single_active_backend": False,
+                                       "gpu_memory_gb": 24}))
+    assert ctx == LintContext(engine=Engine.LLAMA_SERVER, single_active_backend=False,
+                              parallel=3, gpu_memory_bytes=24 * 10**9)
+    assert context_for(Settings()).gpu_memory_bytes is None
+
+
+# ---- through validate(): real tiny models, located in the YAML ----------------------------
+
+CLEAN = """\
+- name: a
+  context_size: 2048
+  stopwords: ["</s>"]
+  parameters:
+    model: tiny.gguf
+    max_tokens: 256
+"""
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    d = tmp_path / "models"
+    d.mkdir()
+    write_tiny_llama(d / "tiny.gguf", seed=1, context_length=4096)
+    return d
+
+
+def warnings_of(tmp_path: Path, models: Path, text: str,
+                ctx: LintContext | None = None) -> list[Problem]:
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    v = validate(config, models, ctx)
+    assert isinstance(v, Validation)
+    assert v.errors == [] and v.pending == ()
+    assert v.models is not None  # lint never blocks
+    return v.warnings
+
+
+def one(found: list[Problem], code: str) -> Problem:
+    (w,) = [w for w in found if w.code == code]
+    return w
+
+
+def test_clean_config_through_validate(tmp_path: Path, models: Path) -> None:
+    assert warnings_of(tmp_path, models, CLEAN) == []
+    assert warnings_of(tmp_path, models, CLEAN, LintContext(parallel=2)) == []
+
+
+def test_validate_context_size_unset(tmp_path: Path, models: Path) -> None:
+    w = one(warnings_of(tmp_path, models, CLEAN.replace("  context_size: 2048\n", "")),
+            "context-size-unset")
+    assert (w.field, w.line, w.model) == ("a.context_size", 1, "a")  # the entry: no such line
+    assert "(4096 tokens here)" in w.message
+    assert str(w).endswith("(fix: set context_size explicitly)")
+
+
+def test_validate_context_exceeds_training(tmp_path: Path, models: Path) -> None:
+    write_tiny_llama(models / "tiny.gguf", seed=1, context_length=1024)
+    w = one(warnings_of(tmp_path, models, CLEAN), "context-exceeds-training")
+    assert (w.field, w.line) == ("a.context_size", 2)
+    assert w.message == ("context_size 2048 exceeds the model's trained context 1024: output "
+                         "degrades past it")
+    write_tiny_llama(models / "tiny.gguf", seed=1, context_length=2048)
+    assert warnings_of(tmp_path, models, CLEAN) == []
+
+
+def test_validate_context_too_small(tmp_path: Path, models: Path) -> None:
+    text = CLEAN.replace("context_size: 2048", "context_size: 4095")
+    ctx = LintContext(parallel=8)
+    w = one(warnings_of(tmp_path, models, text, ctx), "context-too-small")
+    assert (w.field, w.line) == ("a.context_size", 2)
+    assert w.message.startswith("about 511 tokens per request split over 8 parallel slots")
+    with_option = text + "  options: [\"parallel:2\"]\n"
+    assert warnings_of(tmp_path, models, with_option, ctx) == []
+
+
+def test_validate_max_tokens_unset(tmp_path: Path, models: Path) -> None:
+    w = one(warnings_of(tmp_path, models, CLEAN.replace("    max_tokens: 256\n", "")),
+            "max-tokens-unset")
+    assert (w.field, w.line) == ("a.parameters.max_tokens", 5)  # the parameters section
+
+
+def test_validate_special_tokens(tmp_path: Path, models: Path) -> None:
+    text = CLEAN.replace('  stopwords: ["</s>"]\n', "")
+    w = one(warnings_of(tmp_path, models, text), "special-tokens")
+    assert (w.field, w.line) == ("a.stopwords", 1)
+    assert "'</s>'" in w.message
+    assert warnings_of(tmp_path, models, text + "  template:\n    use_tokenizer_template: true\n"
+                       ) == []
+    assert warnings_of(tmp_path, models, text, LLAMA) == []
+
+
+def test_validate_template_end_marker(tmp_path: Path, models: Path) -> None:
+    text = CLEAN + "  template:\n    chat: |\n      {{.Input}}<|im_end|>\n"
+    w = one(warnings_of(tmp_path, models, text), "template-end-marker")
+    assert (w.field, w.line) == ("a.template.chat", 8)
+    fixed = text.replace('["</s>"]', '["</s>", "<|im_end|>"]')
+    assert warnings_of(tmp_path, models, fixed) == []
+
+
+def test_validate_template_ignores_input(tmp_path: Path, models: Path) -> None:
+    text = CLEAN + "  template:\n    chat: \"{{.System}}\"\n"
+    w = one(warnings_of(tmp_path, models, text), "template-ignores-input")
+    assert (w.field, w.line) == ("a.template.chat", 8)
+    assert warnings_of(tmp_path, models, text.replace(".System", ".Input")) == []
+
+
+def test_validate_tokenizer_template_missing(tmp_path: Path, models: Path) -> None:
+    text = CLEAN + "  template:\n    use_tokenizer_template: true\n"
+    assert warnings_of(tmp_path, models, text) == []
+    write_tiny_llama(models / "tiny.gguf", seed=1, chat_template=None)
+    w = one(warnings_of(tmp_path, models, text), "tokenizer-template-missing")
+    assert (w.field, w.line) == ("a.template.use_tokenizer_template", 8)
+
+
+@pytest.mark.parametrize(("layers", "warns"), [(4, True), (3, False), (0, False)])
+def test_validate_gpu_layers_exceed(tmp_path: Path, models: Path, layers: int,
+                                    warns: bool) -> None:
+    found = warnings_of(tmp_path, models, CLEAN + f"  gpu_layers: {layers}\n")
+    assert [w.code for w in found] == (["gpu-layers-exceed"] if warns else [])
+    if warns:
+        assert (found[0].field, found[0].line) == ("a.gpu_layers", 7)
+
+
+TWO_MODELS = CLEAN + CLEAN.replace("name: a", "name: b")
+
+
+@pytest.mark.parametrize(
+    ("ctx", "warns"),
+    [
+        (LintContext(single_active_backend=False, gpu_memory_bytes=100_000), True),
+        (LintContext(single_active_backend=True, gpu_memory_bytes=100_000), False),
+        (LintContext(single_active_backend=False, gpu_memory_bytes=None), False),
+        (LintContext(single_active_backend=False, gpu_memory_bytes=10**9), False),
+    ],
+)
+def test_validate_models_do_not_fit(tmp_path: Path, models: Path, ctx: LintContext,
+                                    warns: bool) -> None:
+    found = warnings_of(tmp_path, models, TWO_MODELS, ctx)
+    assert [w.code for w in found] == (["models-do-not-fit"] if warns else [])
+    if warns:
+        w = found[0]
+        assert (w.file, w.line, w.field, w.model) == (tmp_path / "config.yaml", None, None,
+                                                      None)
+        assert w.message.startswith("the 2 models need up to 0.0 GiB together")
