@@ -72,6 +72,8 @@ log = structlog.get_logger("supervisor")
 TICK_SECONDS = 0.5
 RECHECK_SECONDS = 1.0
 DRAIN_POLL_SECONDS = 0.25
+HUNG_STOP_SECONDS = 2.0
+FAILING_PROBE_SECONDS = 1.0
 # What one model probe may add to the engine's work counter (n_decode / api_call count).
 PROBE_WORK = 2.0
 EXIT_OK = 0
@@ -388,7 +390,8 @@ class Daemon:
         if isinstance(action, Launch):
             self._spawn(self._do_launch(action.reason), "launch")
         elif isinstance(action, Terminate):
-            self._spawn(self._do_terminate(action.reason, action.drain), "terminate")
+            self._spawn(self._do_terminate(action.reason, action.drain, action.hung),
+                        "terminate")
         else:
             logger = getattr(log, action.level)
             logger(action.event, reason=action.reason, state=self.machine.state.value,
@@ -420,11 +423,15 @@ class Daemon:
         self.post(Launched(instance.token))
         self._fresh_instance()
 
-    async def _do_terminate(self, reason: str, drain: bool) -> None:
+    async def _do_terminate(self, reason: str, drain: bool, hung: bool) -> None:
         token = self.instance.token if self.instance else None
         if drain and token is not None and self.settings.health.drain_timeout > 0:
-            await self._drain(reason, list(self.loaded))
-        await self._runtime.terminate(self.settings.server.stop_timeout)
+            await self._drain(reason)
+        timeout = self.settings.server.stop_timeout
+        if hung:
+            # It answers nothing: waiting the full graceful timeout only prolongs the outage.
+            timeout = min(timeout, HUNG_STOP_SECONDS)
+        await self._runtime.terminate(timeout)
         log.info("server.terminated", reason=reason)
         self.post(Stopped(token))
 
@@ -436,10 +443,16 @@ class Daemon:
             lines = []
         self.post(_Diagnosed(exited, diagnose(exited.exit_code, exited.oom_killed, lines)))
 
-    async def _drain(self, reason: str, loaded: list[str]) -> None:
+    async def _loaded_now(self) -> list[str]:
+        """Ask the engine which models are loaded right now (not the last observation)."""
+        loaded = await self._prober.loaded()
+        return [k for k, v in (loaded or {}).items() if v == "loaded"]
+
+    async def _drain(self, reason: str) -> None:
         """Wait (bounded) until no request is in flight, so a planned stop cuts nothing."""
         timeout = self.settings.health.drain_timeout
         start = self._clock()
+        loaded = await self._loaded_now()
         first = (await self._prober.activity(loaded)).in_flight
         if first is None:
             log.warning("drain.unknown", reason=reason, cause="the engine does not report "
@@ -806,6 +819,9 @@ class Daemon:
                         self.post(_Observed(token, self._clock(), loaded, activity))
                 if m.state is State.STARTING:
                     interval = min(interval, 0.5)
+                elif not live.ok:
+                    # Confirm a failure quickly: a hung server is an outage while we wait.
+                    interval = min(interval, FAILING_PROBE_SECONDS)
             else:
                 interval = min(interval, 0.5)
             await asyncio.sleep(interval)

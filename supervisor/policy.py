@@ -145,10 +145,12 @@ class Terminate:
     """Stop the current instance (bounded by the stop timeout, then killed).
 
     ``drain``: first wait (bounded) for requests in flight; planned stops only.
+    ``hung``: the server stopped answering; a graceful stop would only wait out the timeout.
     """
 
     reason: str
     drain: bool = False
+    hung: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def _enter(m: Machine, state: State, now: float, **changes: object) -> Machine:
 
 
 def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float,
-          *, needs_stop: bool) -> Decision:
+          *, needs_stop: bool, hung: bool = False) -> Decision:
     """A failure: back off, or give up (FATAL) after too many in the window."""
     window = rules.restart.failure_window
     failures = (*(t for t in m.failures if now - t < window), now)
@@ -229,7 +231,7 @@ def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float,
         msg = f"{len(failures)} failures within {window:g}s, last: {reason}"
         actions: list[Action] = [Announce("server.fatal", msg, "error")]
         if needs_stop:
-            actions.insert(0, Terminate(reason))
+            actions.insert(0, Terminate(reason, hung=hung))
             return Decision(_enter(base, State.STOPPING, now, intent=Intent.FAILURE,
                                    retry_at=None), tuple(actions))
         return Decision(_enter(base, State.FATAL, now, instance=None, retry_at=None,
@@ -239,7 +241,7 @@ def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float,
     if needs_stop:
         return Decision(
             _enter(base, State.STOPPING, now, intent=Intent.FAILURE, retry_at=now + delay),
-            (Terminate(reason), announce),
+            (Terminate(reason, hung=hung), announce),
         )
     return Decision(_enter(base, State.BACKOFF, now, instance=None, retry_at=now + delay,
                            intent=None), (announce,))
@@ -305,7 +307,7 @@ def _probe(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
             return Decision(replace(m, liveness_failures=failures, last_reason=e.detail))
         if failures >= rules.failure_threshold:
             return _fail(m, now, rules, f"liveness probe failed {failures}x: {e.detail}",
-                         e.rand, needs_stop=True)
+                         e.rand, needs_stop=True, hung=True)
         return Decision(replace(m, liveness_failures=failures))
     # readiness
     if e.ok:

@@ -171,6 +171,8 @@ class LlamaServerEngine:
         work = 0.0
         in_flight = 0
         for status, text in answers:
+            if status == 400 and "not loaded" in text:
+                continue  # unloaded since we asked: it has nothing in flight
             if status != 200:
                 return Activity(None, None)
             work += sum(v for _, v in prometheus_values(text, "llamacpp:n_decode_total"))

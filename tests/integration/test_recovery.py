@@ -1,0 +1,247 @@
+"""Health and recovery against the real engine: swap-aware probes, targeted model restarts,
+drain before planned restarts, hangs, crash loops, and files vanishing under a server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import pytest
+from supervised import Supervised, wait_chat
+from testbed import Dockerd, chat, http_json
+
+from supervisor.tinygguf import write_tiny_llama
+
+pytestmark = pytest.mark.integration
+
+FAST_PROBES = {"interval": 0.5, "timeout": 2.0, "model_interval": 0.5, "model_timeout": 5.0,
+               "idle_seconds": 3.0}
+
+
+def write_unloadable(path: Path) -> None:
+    """A complete, well-formed GGUF that llama.cpp refuses to load (unknown architecture)."""
+    w = gguf.GGUFWriter(str(path), "bogus")
+    w.add_name("bogus")
+    w.add_context_length(2048)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture
+def models(tmp_path: Path, tiny_models: Path) -> Path:
+    """A per-test models dir (tests here delete and add files)."""
+    d = tmp_path / "models"
+    d.mkdir()
+    for f in tiny_models.iterdir():
+        os.link(f, d / f.name)
+    return d
+
+
+@pytest.fixture
+def proc_sup(llama_server_dir: Path, models: Path, tmp_path: Path
+             ) -> Iterator[Callable[..., Supervised]]:
+    made: list[Supervised] = []
+
+    def make(config: dict[str, str], **sections: dict[str, Any]) -> Supervised:
+        sup = Supervised.create(
+            tmp_path / f"sup{len(made)}", models, config,
+            server={"runtime": "process", **sections.pop("server", {})},
+            process={"binary": str(llama_server_dir / "llama-server")},
+            health={**FAST_PROBES, **sections.pop("health", {})}, **sections,
+        )
+        made.append(sup)
+        return sup
+
+    yield make
+    for sup in made:
+        sup.close()
+
+
+def model_states(url: str) -> dict[str, str]:
+    code, body = http_json("GET", f"{url}/models", timeout=5)
+    assert code == 200, body
+    return {m["id"]: m["status"]["value"] for m in body["data"]}
+
+
+def test_probes_cause_no_swap_under_user_traffic(proc_sup) -> None:
+    sup = proc_sup({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"}).start()
+    sup.wait_running()
+    wait_chat(sup.server_url, "tiny-a")
+    stop = threading.Event()
+    answered = [0]
+
+    def user() -> None:
+        while not stop.is_set():
+            code, _ = chat(sup.server_url, "tiny-a", max_tokens=16)
+            answered[0] += code == 200
+
+    users = [threading.Thread(target=user) for _ in range(2)]
+    for t in users:
+        t.start()
+    seen_b: set[str] = set()
+    try:
+        deadline = time.monotonic() + 12  # 4x idle_seconds, 24 model-probe intervals
+        while time.monotonic() < deadline:
+            seen_b.add(model_states(sup.server_url)["tiny-b"])
+            time.sleep(0.1)
+        st = sup.status()
+    finally:
+        stop.set()
+        for t in users:
+            t.join()
+    a = next(m for m in st["models"] if m["name"] == "tiny-a")
+    assert seen_b == {"unloaded"}, f"tiny-b was swapped in under traffic: {seen_b}"
+    assert a["health"] == "healthy" and a["last_probe_seconds_ago"] < 2, a
+    assert answered[0] > 20
+    print(f"user requests answered during the window: {answered[0]}; tiny-b states {seen_b}")
+    # Once the server is idle long enough, the unloaded model gets its probe too.
+    st = sup.wait_for(lambda s: next(m for m in s["models"] if m["name"] == "tiny-b")["health"]
+                      == "healthy", timeout=30, what="tiny-b probed when idle")
+
+
+def test_model_that_cannot_load_is_restarted_alone_then_given_up(proc_sup, models: Path) -> None:
+    write_unloadable(models / "bogus.gguf")
+    sup = proc_sup({"tiny-a": "tiny-a.gguf", "bogus": "bogus.gguf"},
+                   health={"model_failure_threshold": 1, "model_restarts": 1,
+                           "idle_seconds": 1.0},
+                   restart={"backoff_initial": 0.2}).start()
+    sup.wait_running()
+    st = sup.wait_for(
+        lambda s: next(m for m in s["models"] if m["name"] == "bogus")["health"] == "failed",
+        timeout=60, what="bogus given up")
+    assert st["state"] == "RUNNING"
+    assert st["restarts"] == 1  # one server restart for the model, then no more
+    assert st["model_restarts"] >= 1
+    events = [json.loads(line) for line in sup.logs(400).splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds.index("model.restart") < kinds.index("model.escalate") < kinds.index(
+        "model.failed"), kinds
+    failed = next(e for e in events if e["event"] == "model.failed")
+    assert failed["cause"] == "model-load-failed", failed
+    wait_chat(sup.server_url, "tiny-a")  # the other model still serves
+    out = sup.ctl("status")
+    assert "failed" in out.stdout
+
+
+def stream_chat(url: str, model: str, max_tokens: int, first: threading.Event,
+                out: dict[str, Any]) -> None:
+    body = json.dumps({"model": model, "stream": True, "max_tokens": max_tokens,
+                       "ignore_eos": True,
+                       "messages": [{"role": "user", "content": "tell me a long story"}]})
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+    chunks = 0
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            for line in resp:
+                if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                chunks += 1
+                first.set()
+                reason = event["choices"][0].get("finish_reason") if event["choices"] else None
+                if reason:
+                    out["finish_reason"] = reason
+    except OSError as exc:
+        out["error"] = repr(exc)
+    finally:
+        first.set()
+        out["chunks"] = chunks
+        out["ended"] = time.time()
+
+
+def test_long_stream_finishes_before_a_planned_restart(proc_sup, models: Path) -> None:
+    write_tiny_llama(models / "long.gguf", seed=5, name="long", context_length=32768)
+    sup = proc_sup({"long": "long.gguf"})
+    sup.config_file.write_text("- name: long\n  context_size: 16384\n  parameters:\n"
+                               "    model: long.gguf\n")
+    sup.start()
+    before = sup.wait_running()["restarts"]
+    first, out = threading.Event(), {}
+    t = threading.Thread(target=stream_chat, args=(sup.server_url, "long", 6000, first, out))
+    t.start()
+    assert first.wait(30)
+    sup.config_file.write_text(sup.config_file.read_text() + "- name: tiny-a\n"
+                               "  parameters:\n    model: tiny-a.gguf\n")
+    t.join(120)
+    st = sup.wait_for(lambda s: s["restarts"] == before + 1 and s["state"] == "RUNNING",
+                      what="restart after the stream")
+    assert "error" not in out, out
+    # Ran to max_tokens (byte tokens merge into fewer chunks): not cut by the restart.
+    assert out["finish_reason"] == "length" and out["chunks"] > 1000, out
+    launched = [e for e in st["recent_events"] if e["event"] == "server.launched"]
+    assert launched[-1]["at"] >= out["ended"], (launched, out)
+    assert st["drain"]["drained_requests"] >= 1 and st["drain"]["cut_off_requests"] == 0, st
+    print(f"stream of {out['chunks']} chunks finished, then the restart: drain {st['drain']}")
+
+
+def test_model_file_deleted_while_serving(proc_sup, models: Path) -> None:
+    sup = proc_sup({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"}).start()
+    sup.wait_running()
+    wait_chat(sup.server_url, "tiny-b")
+    (models / "tiny-b.gguf").unlink()
+    st = sup.wait_for(lambda s: s["config"]["rejected"] is not None, what="rejection")
+    assert "tiny-b.gguf" in st["config"]["rejected"]["errors"][0]
+    assert st["state"] == "RUNNING" and st["restarts"] == 0
+    wait_chat(sup.server_url, "tiny-a")
+
+
+# ---- docker: hang, crash loop ----------------------------------------------------------
+
+
+def host_pid(dockerd: Dockerd, cid: str) -> int:
+    return int(dockerd.client().api.inspect_container(cid)["State"]["Pid"])
+
+
+def test_sigstopped_container_is_detected_and_replaced(make_supervised, dockerd: Dockerd
+                                                       ) -> None:
+    sup = make_supervised(health={"interval": 1.0, "timeout": 1.0},
+                          server={"stop_timeout": 2.0}).start()
+    cid = sup.wait_running()["instance"]["id"]
+    pid = host_pid(dockerd, cid)
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        st = sup.wait_for(lambda s: s["restarts"] == 1 and s["state"] == "RUNNING",
+                          timeout=60, what="hung container replaced")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    wait_chat(sup.server_url, "tiny-a")
+    print(f"SIGSTOP -> serving again: {time.monotonic() - t0:.2f}s")
+    assert any("liveness" in e["detail"] for e in st["recent_events"]), st["recent_events"]
+
+
+def test_crash_loop_goes_fatal_and_restart_recovers(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised(restart={"max_failures": 5, "backoff_initial": 0.2,
+                                   "backoff_max": 0.5}).start()
+    sup.wait_running()
+    for crash in range(5):
+        st = sup.wait_for(lambda s: (s["state"] in ("RUNNING", "STARTING")
+                                     and s["instance"] is not None) or s["state"] == "FATAL",
+                          what=f"instance for crash {crash + 1}")
+        if st["state"] == "FATAL":
+            break
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(host_pid(dockerd, st["instance"]["id"]), signal.SIGKILL)
+        sup.wait_for(lambda s, n=crash + 1: s["consecutive_failures"] >= n
+                     or s["state"] == "FATAL", what="failure counted")
+    st = sup.wait_for(lambda s: s["state"] == "FATAL", what="FATAL")
+    assert st["last_failure"]["cause"] == "killed", st["last_failure"]
+    out = sup.ctl("status")
+    assert out.returncode == 1 and "FATAL" in out.stdout
+    assert sup.ctl("restart").returncode == 0
+    st = sup.wait_running()
+    assert st["consecutive_failures"] == 0
+    wait_chat(sup.server_url, "tiny-a")
