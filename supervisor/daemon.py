@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -25,9 +26,10 @@ import structlog
 from . import __version__
 from . import modelhealth as mh
 from .classify import Diagnosis, diagnose
-from .engines import Activity, engine_for
+from .engines import Activity, Call, engine_for
+from .ggufinfo import GGUFInfo
 from .health import ModelsSeen, Prober
-from .lint import context_for
+from .lint import END_MARKERS, context_for
 from .modelconfig import ModelSet, Pending, Problem, Validation, validate
 from .notify import Notifier
 from .policy import (
@@ -134,6 +136,13 @@ class _ModelRestarted:
 
 
 @dataclass
+class _Smoked:
+    token: str
+    name: str
+    warning: str | None
+
+
+@dataclass
 class _Diagnosed:
     exited: InstanceExited
     diagnosis: Diagnosis
@@ -141,7 +150,7 @@ class _Diagnosed:
 
 Message = (
     Event | RuntimeEvent | Command | _FilesChanged | _Signal | _Probed | _Observed
-    | _ModelProbed | _ModelRestarted | _Diagnosed
+    | _ModelProbed | _ModelRestarted | _Diagnosed | _Smoked
 )
 
 
@@ -231,6 +240,8 @@ class Daemon:
         self._own_work = 0.0
         self._model_tasks: set[str] = set()
         self.last_failure: Diagnosis | None = None
+        self.smoke: dict[str, tuple[float, str | None]] = {}
+        self._ggufs: dict[str, GGUFInfo] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -267,6 +278,7 @@ class Daemon:
         srv = self.settings.server
         result = validate(srv.model_config_file, srv.models_dir, context_for(self.settings))
         self._report_warnings(result)
+        self._ggufs = dict(result.ggufs)
         if result.models is None:
             return result
         waiting = self._unsettled(result.models)
@@ -494,11 +506,47 @@ class Daemon:
         now = self._clock()
         idle = mh.idle_for(list(self._samples), now, PROBE_WORK)
         health = {k: v for k, v in self.model_health.items() if k not in self._model_tasks}
+        self._schedule_smoke(m.instance, now)
         for probe in mh.due(health, self.loaded, idle, now, self._probe_rules):
             self.model_health[probe.name] = mh.probe_started(self.model_health[probe.name], now)
             self._model_tasks.add(probe.name)
             self._own_work += PROBE_WORK
             self._spawn(self._probe_model(m.instance, probe), f"probe-{probe.name}")
+
+    def _schedule_smoke(self, token: str, now: float) -> None:
+        every = self.settings.health.smoke_interval
+        if not every:
+            return
+        for name, state in self.loaded.items():
+            key = f"smoke:{name}"
+            last = self.smoke.get(name)
+            if state != "loaded" or key in self._model_tasks or (last and now - last[0] < every):
+                continue
+            self.smoke[name] = (now, last[1] if last else None)
+            self._model_tasks.add(key)
+            self._spawn(self._smoke_model(token, name), key)
+
+    async def _smoke_model(self, token: str, name: str) -> None:
+        limit = self.settings.health.smoke_max_tokens
+        call = self._engine.probe_call(name, False)
+        body = dict(call.body or {}, max_tokens=limit, messages=[
+            {"role": "user", "content": "Say hello in one short sentence."}])
+        status, text = await self._prober.call(
+            Call(call.method, call.path, body), self._probe_rules.timeout)
+        warning = None
+        if status == 200:
+            try:
+                data = json.loads(text)
+                choice = data["choices"][0]
+                content = str(choice.get("message", {}).get("content") or "")
+                used = data.get("usage", {}).get("completion_tokens")
+                gguf = self._ggufs.get(name)
+                ends = [t for t in (gguf.eos_token, gguf.eot_token) if t] if gguf else []
+                warning = mh.smoke_verdict(content, choice.get("finish_reason"), used, limit,
+                                           [*ends, *END_MARKERS])
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                warning = f"unexpected answer shape: {exc}"
+        self.post(_Smoked(token, name, warning))
 
     async def _probe_model(self, token: str, probe: mh.ProbeModel) -> None:
         entry = next((e for e in self.models.entries if e.name == probe.name), None) \
@@ -594,6 +642,13 @@ class Daemon:
                                       msg.activity.in_flight))
         elif isinstance(msg, _ModelProbed):
             self._on_model_probed(msg)
+        elif isinstance(msg, _Smoked):
+            self._model_tasks.discard(f"smoke:{msg.name}")
+            at, before = self.smoke.get(msg.name, (self._clock(), None))
+            self.smoke[msg.name] = (at, msg.warning)
+            if msg.warning and msg.warning != before:
+                log.warning("smoke.warning", model=msg.name, warning=msg.warning,
+                            action="reported only; nothing restarted")
         elif isinstance(msg, _ModelRestarted):
             self._model_tasks.discard(msg.name)
             h = self.model_health.get(msg.name)
@@ -744,6 +799,7 @@ class Daemon:
                     if h and h.last_probe is not None else None,
                     "last_error": h.last_error if h else None,
                     "restarts": len(h.restarts) if h else 0,
+                    "output_warning": self.smoke.get(entry.name, (0.0, None))[1],
                 })
         rejection = None
         if self.rejection is not None:

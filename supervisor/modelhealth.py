@@ -187,3 +187,18 @@ def idle_for(samples: Sequence[tuple[float, float | None, int | None]], now: flo
         prev = sample
     start = samples[0][0]
     return now - (last_busy if last_busy is not None else start)
+
+
+def smoke_verdict(content: str, finish_reason: str | None, completion_tokens: int | None,
+                  max_tokens: int, end_tokens: Sequence[str]) -> str | None:
+    """What is wrong with a fixed-prompt answer, if anything (a warning, never a restart)."""
+    tail = content.rstrip()
+    leaked = next((t for t in end_tokens if t and tail.endswith(t)), None)
+    if leaked:
+        return (f"the answer ends with the special token {leaked!r}: add it to stopwords or set "
+                "template.use_tokenizer_template: true")
+    if (finish_reason == "length" and completion_tokens is not None
+            and completion_tokens < max_tokens):
+        return (f"the answer was cut off after {completion_tokens} of {max_tokens} tokens: the "
+                "slot's context is full (raise context_size or lower the parallel slots)")
+    return None

@@ -170,6 +170,10 @@ class HealthSection(_Section):
     model_restarts: int = Field(2, ge=0)
     # Planned restarts and stops wait this long for requests in flight (0: no drain).
     drain_timeout: float = Field(60.0, ge=0)
+    # Output smoke check: a fixed prompt to each *loaded* model every smoke_interval seconds
+    # (0: off); answers ending in special tokens or cut off early are reported as warnings.
+    smoke_interval: float = Field(0.0, ge=0)
+    smoke_max_tokens: int = Field(64, ge=1)
 
 
 class RestartSection(_Section):

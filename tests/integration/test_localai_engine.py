@@ -72,3 +72,33 @@ def test_localai_command_line_env_and_readiness(supervised: Supervised,
     st = sup.wait_for(lambda s: s["restarts"] == 1 and s["state"] == "RUNNING",
                       what="restart onto the new config")
     assert [m["name"] for m in st["models"]] == ["tiny-a"]
+
+
+def test_localai_model_probes_and_output_smoke_check(fake_localai: Path, tiny_models: Path,
+                                                    tmp_path: Path) -> None:
+    """The fake answers like a model whose template leaks its EOS token."""
+    sup = Supervised.create(
+        tmp_path / "sup2", tiny_models, {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"},
+        server={"runtime": "process", "engine": "localai"},
+        process={"binary": str(fake_localai)},
+        localai={"environment": {"FAKE_LOCALAI_PRELOAD_SECONDS": "0",
+                                 "FAKE_LOCALAI_REPLY": "Hello there!</s>"}},
+        health={"interval": 0.5, "model_interval": 0.5, "idle_seconds": 600,
+                "smoke_interval": 0.5},
+    )
+    try:
+        sup.start()
+        sup.wait_running()
+        code, _ = chat(sup.server_url, "tiny-a")  # a user loads tiny-a
+        assert code == 200
+        st = sup.wait_for(lambda s: s["models"][0]["output_warning"] is not None,
+                          timeout=30, what="smoke warning for tiny-a")
+        a, b = st["models"]
+        assert "'</s>'" in a["output_warning"], a
+        assert a["health"] == "healthy" and a["loaded"] is True
+        # tiny-b was never asked for: idle_seconds is long, so it is neither probed nor loaded.
+        assert b["health"] == "unknown" and b["loaded"] is False, b
+        assert st["state"] == "RUNNING" and st["restarts"] == 0  # a warning, never a restart
+        assert "smoke.warning" in sup.logs(200)
+    finally:
+        sup.close()
