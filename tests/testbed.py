@@ -145,8 +145,12 @@ class Dockerd:
     def start(cls, timeout: float = 60.0) -> Dockerd:
         # Short base: the containerd socket lands at <base>/exec/containerd/containerd.sock
         # and unix socket paths are capped at 108 bytes.
-        base = Path(tempfile.mkdtemp(prefix="lsv-", dir="/tmp"))
-        d = cls(base)
+        d = cls(Path(tempfile.mkdtemp(prefix="lsv-", dir="/tmp")))
+        d._launch(timeout)
+        return d
+
+    def _launch(self, timeout: float) -> None:
+        base = self.base
         cmd = [
             "dockerd",
             # Leave the host's firewall alone; 127.0.0.1 port publishing then goes
@@ -155,7 +159,7 @@ class Dockerd:
             # vfs works on any backing filesystem (overlay-on-overlay does not).
             "--storage-driver=vfs",
             "--host",
-            d.host,
+            self.host,
             "--data-root",
             str(base / "data"),
             "--exec-root",
@@ -163,29 +167,44 @@ class Dockerd:
             "--pidfile",
             str(base / "docker.pid"),
         ]
-        with d.log_path.open("wb") as log:
-            d.proc = subprocess.Popen(
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if d.proc.poll() is not None:
-                tail = log_tail(d.log_path)
-                d.stop()
-                raise RuntimeError(f"dockerd exited ({d.proc.returncode}):\n{tail}")
+            if self.proc.poll() is not None:
+                tail = log_tail(self.log_path)
+                self.stop()
+                raise RuntimeError(f"dockerd exited ({self.proc.returncode}):\n{tail}")
             with contextlib.suppress(subprocess.TimeoutExpired):
                 info = subprocess.run(
-                    ["docker", "-H", d.host, "info", "--format", "{{.ID}}"],
+                    ["docker", "-H", self.host, "info", "--format", "{{.ID}}"],
                     capture_output=True,
                     timeout=5,
                     check=False,
                 )
                 if info.returncode == 0:
-                    return d
+                    return
             time.sleep(0.2)
-        tail = log_tail(d.log_path)
-        d.stop()
+        tail = log_tail(self.log_path)
+        self.stop()
         raise TimeoutError(f"dockerd not answering after {timeout:.0f}s:\n{tail}")
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop dockerd (its containers stop with it, no live-restore) and start it again on
+        the same roots: what a `systemctl restart docker` does to a host."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._launch(timeout)
 
     def client(self) -> docker.DockerClient:
         if self._client is None:

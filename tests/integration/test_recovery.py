@@ -245,3 +245,17 @@ def test_crash_loop_goes_fatal_and_restart_recovers(make_supervised, dockerd: Do
     st = sup.wait_running()
     assert st["consecutive_failures"] == 0
     wait_chat(sup.server_url, "tiny-a")
+
+
+def test_docker_engine_restarted_under_the_supervisor(make_supervised, dockerd: Dockerd) -> None:
+    sup = make_supervised(docker={"reconnect_max_delay": 1.0}).start()
+    cid = sup.wait_running()["instance"]["id"]
+    t0 = time.monotonic()
+    dockerd.restart()  # stops the container with it
+    st = sup.wait_for(lambda s: s["runtime_connected"] and s["restarts"] >= 1
+                      and s["state"] == "RUNNING", timeout=90, what="recovery after restart")
+    wait_chat(sup.server_url, "tiny-a")
+    print(f"dockerd restart -> serving again: {time.monotonic() - t0:.2f}s")
+    assert st["instance"]["id"] == cid  # same container, started again
+    events = [e["event"] for e in st["recent_events"]]
+    assert "runtime.disconnected" in events and "runtime.reconnected" in events, events
