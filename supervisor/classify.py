@@ -15,6 +15,8 @@ from enum import StrEnum
 class Cause(StrEnum):
     OOM_KILLED = "oom-killed"
     CUDA_OOM = "cuda-out-of-memory"
+    HOST_OOM = "host-out-of-memory"
+    CLIENT_GONE = "client-disconnected"
     RPC_CANCELED = "rpc-canceled"
     BACKEND_CRASHED = "backend-crashed"
     MODEL_FILE_MISSING = "model-file-missing"
@@ -35,9 +37,18 @@ class Diagnosis:
 _RULES: tuple[tuple[Cause, re.Pattern[str], str], ...] = (
     (Cause.CUDA_OOM, re.compile(
         r"CUDA error: out of memory|cudaMalloc failed: out of memory|"
-        r"cuda.*alloc.* failed|failed to allocate .*buffer", re.I),
+        r"ggml_backend_cuda\w*: (allocating .* failed|failed to allocate)|"
+        r"failed to allocate CUDA\d* buffer", re.I),
      "GPU memory ran out: lower gpu_layers or context_size, or serve one model at a time "
      "(server.single_active_backend = true)"),
+    (Cause.HOST_OOM, re.compile(
+        r"ggml_backend_cpu\w*: failed to allocate|failed to allocate .*buffer of size|"
+        r"std::bad_alloc", re.I),
+     "host RAM ran out while loading: lower context_size, serve one model at a time, or "
+     "give the server more memory (more gpu_layers only helps if GPU memory is free)"),
+    (Cause.CLIENT_GONE, re.compile(r"code = Canceled desc = context canceled", re.I),
+     "a client disconnected while its model was still loading (LocalAI v4.3.2+ then abandons "
+     "the load): not a fault of the model; the next request loads it again"),
     (Cause.RPC_CANCELED, re.compile(r"rpc error: code = Canceled", re.I),
      "LocalAI before v3.10 reports every backend load failure as Canceled: the real cause is "
      "in the backend log (usually (V)RAM taken by another resident model, or a context guessed "

@@ -371,6 +371,8 @@ class Daemon:
             return {"applied": True, "restarting": False, "revision": models.revision}
         old = self.models.revision if self.models else None
         self.models, self.spec = models, spec
+        # A new configuration deserves a fresh start for every model, FAILED ones included.
+        self.model_health = {}
         log.info("config.applied", revision=models.revision, previous=old, reason=reason,
                  models=list(models.names))
         self._note("config.applied", f"revision {old} -> {models.revision} ({reason})")

@@ -111,14 +111,19 @@ def prometheus_values(text: str, name: str) -> list[tuple[str, float]]:
     """(labels, value) of every sample of ``name`` in Prometheus text format."""
     out = []
     for line in text.splitlines():
-        if not line.startswith(name) or line.startswith("#"):
+        if not line.startswith(name):
             continue
-        head, _, value = line.rpartition(" ")
-        metric, _, labels = head.partition("{")
-        if metric != name:
+        if "{" in line:
+            metric, _, rest = line.partition("{")
+            labels, _, tail = rest.rpartition("}")
+        else:
+            metric, _, tail = line.partition(" ")
+            labels = ""
+        fields = tail.split()  # value, then an optional timestamp
+        if metric.strip() != name or not fields:
             continue
         try:
-            out.append((labels.rstrip("}"), float(value)))
+            out.append((labels, float(fields[0])))
         except ValueError:
             continue
     return out

@@ -9,6 +9,7 @@ chat template instead.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from ..modelconfig import ModelEntry, ModelSet
 from ..settings import Engine, Settings
@@ -165,7 +166,8 @@ class LlamaServerEngine:
                 Call("POST", "/models/load", {"model": model})]
 
     def activity_calls(self, loaded: list[str]) -> list[Call]:
-        return [Call("GET", f"/metrics?model={m}&autoload=false") for m in loaded]
+        return [Call("GET", f"/metrics?model={quote(m, safe='')}&autoload=false")
+                for m in loaded]
 
     def activity(self, answers: list[tuple[int, str]]) -> Activity:
         work = 0.0

@@ -12,6 +12,7 @@ import pytest
 
 from supervisor.ggufinfo import GGUFInfo
 from supervisor.lint import (
+    ALL_LAYERS_IDIOM,
     MIN_SLOT_CONTEXT,
     Lint,
     LintContext,
@@ -151,13 +152,13 @@ def test_llama_server_slots_do_not_follow_llamacpp_parallel() -> None:
                                                         parallel=8)) == []
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="BUG: _slots() accepts any str.isdigit() value, which includes Unicode digits such "
-    "as '²' that int() rejects: options: ['parallel:²'] makes lint (and validate) raise",
-)
-def test_options_parallel_with_a_unicode_digit_does_not_raise() -> None:
-    lint([facts(options=("parallel:²",))], LOCALAI)
+@pytest.mark.parametrize("value", ["²", "٣", "1234567", "-2", "2.0"])
+def test_options_parallel_that_is_not_a_plain_number_is_ignored(value: str) -> None:
+    # Unicode digits pass str.isdigit() but not int(): they must not make lint raise.
+    assert lint([facts(options=(f"parallel:{value}",))], LOCALAI) == []
+    found = lint([facts(context_size=4095, options=(f"parallel:{value}",))],
+                 LintContext(parallel=8))
+    assert codes(found) == ["context-too-small"]  # the server setting (8) stands
 
 
 # ---- max-tokens-unset ---------------------------------------------------------------------
@@ -207,15 +208,19 @@ def test_special_tokens_not_reported(change: dict[str, Any]) -> None:
     assert lint([facts(**change)], LOCALAI) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: special_token_rules treats a stopword that *contains* the token ('</s>\\n') as "
-    "covering it (`tok in s`), but a stop string longer than the emitted text never matches, "
-    "so '</s>' still ends the answer; the check is backwards (a stopword that is part of the "
-    "token, `s in tok`, is the one that stops on it)",
-)
-def test_a_longer_stopword_does_not_cover_the_token() -> None:
-    assert codes(lint([facts(stopwords=("</s>\n",))], LOCALAI)) == ["special-tokens"]
+@pytest.mark.parametrize("stop", ["</s>\n", "x</s>", "</s></s>"])
+def test_a_longer_stopword_does_not_cover_the_token(stop: str) -> None:
+    # A stop string longer than the emitted token text never matches it.
+    assert codes(lint([facts(stopwords=(stop,))], LOCALAI)) == ["special-tokens"]
+
+
+@pytest.mark.parametrize("stop", ["</s", "</", "s>"])
+def test_a_stopword_that_is_part_of_the_token_covers_it(stop: str) -> None:
+    assert lint([facts(stopwords=(stop,))], LOCALAI) == []
+
+
+def test_an_empty_stopword_covers_nothing() -> None:
+    assert codes(lint([facts(stopwords=("",))], LOCALAI)) == ["special-tokens"]
 
 
 def test_special_tokens_not_reported_for_llama_server() -> None:
@@ -236,6 +241,12 @@ def test_template_end_marker() -> None:
     assert lint([facts(templates={"chat": chat}, stopwords=("</s>", "<|im_end|>"))],
                 LOCALAI) == []
     assert lint([facts(templates={"chat": chat})], LLAMA) == []
+
+
+def test_template_end_marker_is_skipped_with_the_tokenizer_template() -> None:
+    # LocalAI ignores the Go templates when use_tokenizer_template is set.
+    chat = "{{.Input}}<|im_end|>"
+    assert lint([facts(templates={"chat": chat}, use_tokenizer_template=True)], LOCALAI) == []
 
 
 def test_template_end_markers_in_every_template_are_reported() -> None:
@@ -309,8 +320,15 @@ def test_gpu_layers_exceed() -> None:
         "gpu_layers 4 is more than this model's 2 blocks + 1: check that parameters.model is "
         "the model you meant",
         "gpu_layers: 3 offloads every layer")
-    for ok in (None, 0, 3):
+    for ok in (None, -1, 0, 3):
         assert lint([facts(gpu_layers=ok)], LOCALAI) == []
+    assert codes(lint([facts(gpu_layers=ALL_LAYERS_IDIOM - 1)], LOCALAI)) == [
+        "gpu-layers-exceed"]
+
+
+@pytest.mark.parametrize("layers", [ALL_LAYERS_IDIOM, 999, 10_000])
+def test_gpu_layers_all_layers_idiom_is_not_a_mistake(layers: int) -> None:
+    assert lint([facts(gpu_layers=layers)], LOCALAI) == []
     assert lint([facts(gpu_layers=4, gguf=None)], LOCALAI) == []
     assert lint([facts(gpu_layers=4, gguf=gguf(block_count=None))], LOCALAI) == []
 
@@ -414,7 +432,9 @@ def test_context_for_settings() -> None:
                                        "single_active_backend": False,
                                        "gpu_memory_gb": 24}))
     assert ctx == LintContext(engine=Engine.LLAMA_SERVER, single_active_backend=False,
-                              parallel=3, gpu_memory_bytes=24 * 10**9)
+                              parallel=3, gpu_memory_bytes=24 * 1024**3)
+    half = context_for(Settings(server={"gpu_memory_gb": 0.5}))
+    assert half.gpu_memory_bytes == 512 * 1024**2
     assert context_for(Settings()).gpu_memory_bytes is None
 
 
@@ -526,7 +546,7 @@ def test_validate_tokenizer_template_missing(tmp_path: Path, models: Path) -> No
     assert (w.field, w.line) == ("a.template.use_tokenizer_template", 8)
 
 
-@pytest.mark.parametrize(("layers", "warns"), [(4, True), (3, False), (0, False)])
+@pytest.mark.parametrize(("layers", "warns"), [(4, True), (3, False), (0, False), (99, False)])
 def test_validate_gpu_layers_exceed(tmp_path: Path, models: Path, layers: int,
                                     warns: bool) -> None:
     found = warnings_of(tmp_path, models, CLEAN + f"  gpu_layers: {layers}\n")

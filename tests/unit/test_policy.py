@@ -16,6 +16,7 @@ from supervisor.policy import (
     Adopted,
     Announce,
     Decision,
+    Escalate,
     Event,
     Exited,
     Intent,
@@ -201,8 +202,9 @@ def test_liveness_failures_at_threshold_stop_then_back_off() -> None:
     assert d.machine.attempt == 1
     assert d.machine.liveness_failures == 0
     assert d.machine.ready is False
+    # A failure stop never drains; a server that stopped answering is killed without grace.
     assert d.actions == (
-        Terminate(reason),
+        Terminate(reason, drain=False, hung=True),
         Announce("server.failed", f"{reason}; retrying in 1.0s", "warning"),
     )
 
@@ -403,7 +405,7 @@ def test_fatal_with_a_live_instance_stops_it_first() -> None:
     assert d.machine.intent is Intent.FAILURE
     assert d.machine.retry_at is None
     assert d.actions == (
-        Terminate(reason),
+        Terminate(reason, drain=False, hung=True),
         Announce("server.fatal", f"5 failures within 300s, last: {reason}", "error"),
     )
     d2 = step(d.machine, Stopped("last"), now + 5, RULES)
@@ -510,7 +512,7 @@ def test_planned_restart_stops_then_relaunches_without_a_failure(make: typing.An
     assert d.machine.state is State.STOPPING
     assert d.machine.intent is Intent.RESTART
     assert d.machine.retry_at is None
-    assert d.actions == (Terminate("config changed"),)
+    assert d.actions == (Terminate("config changed", drain=True),)
 
     d2 = step(d.machine, Stopped("i1"), 51.0, RULES)
     assert d2.machine.state is State.STARTING
@@ -525,6 +527,14 @@ def test_planned_restart_stops_then_relaunches_without_a_failure(make: typing.An
     assert d2.actions == (Launch("config changed"),)
 
 
+@pytest.mark.parametrize("make", [launched, running, unhealthy])
+def test_forced_restart_does_not_drain(make: typing.Any) -> None:
+    d = step(make(), Restart("operator: restart --force", force=True), 50.0, RULES)
+    assert d.machine.state is State.STOPPING
+    assert d.machine.intent is Intent.RESTART
+    assert d.actions == (Terminate("operator: restart --force", drain=False),)
+
+
 def test_restart_in_backoff_launches_at_once() -> None:
     m = step(running(), Exited("i1", "crash", 0.5), 10.0, RULES).machine
     d = step(m, Restart("config changed"), 10.2, RULES)
@@ -537,7 +547,7 @@ def test_stop_while_running_terminates_then_stops() -> None:
     d = step(running(), Stop("shutdown"), 50.0, RULES)
     assert d.machine.state is State.STOPPING
     assert d.machine.intent is Intent.STOP
-    assert d.actions == (Terminate("shutdown"),)
+    assert d.actions == (Terminate("shutdown", drain=True),)
     d2 = step(d.machine, Stopped("i1"), 52.0, RULES)
     assert d2.machine.state is State.STOPPED
     assert d2.machine.instance is None
@@ -591,6 +601,58 @@ def test_stopped_then_started_again_is_not_a_restart() -> None:
     assert d.machine.restarts == 0
 
 
+# ---- escalation from inside the server --------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [launched, running, unhealthy])
+def test_escalate_restarts_the_server_as_a_failure(make: typing.Any) -> None:
+    m = make()
+    reason = "model a: model restarts did not help"
+    d = step(m, Escalate("i1", reason, 0.5), 50.0, RULES)
+    assert d.machine.state is State.STOPPING
+    assert d.machine.intent is Intent.FAILURE
+    assert d.machine.instance == "i1"
+    assert d.machine.failures == (50.0,)
+    assert d.machine.attempt == 1
+    assert d.machine.retry_at == 51.0
+    assert d.machine.last_reason == reason
+    assert d.machine.ready is False
+    assert d.actions == (
+        Terminate(reason, drain=False, hung=False),
+        Announce("server.failed", f"{reason}; retrying in 1.0s", "warning"),
+    )
+    d2 = step(d.machine, Stopped("i1"), 52.0, RULES)
+    assert d2.machine.state is State.BACKOFF
+    assert d2.machine.instance is None
+    d3 = step(d2.machine, Tick(), 52.0, RULES)
+    assert d3.machine.state is State.STARTING
+    assert d3.actions == (Launch(f"retry after: {reason}"),)
+
+
+def test_escalate_counts_toward_fatal() -> None:
+    m, now, _ = crash_cycles(running(), RESTART.max_failures - 1, 100.0)
+    assert m.retry_at is not None
+    now = m.retry_at
+    m = feed(m, (now, Tick()), (now, Launched("last")), (now + 1, ready_ok("last")))[0]
+    d = step(m, Escalate("last", "model a failed"), now + 2, RULES)
+    assert d.machine.state is State.STOPPING
+    assert d.machine.retry_at is None
+    assert d.actions == (
+        Terminate("model a failed"),
+        Announce("server.fatal", "5 failures within 300s, last: model a failed", "error"),
+    )
+    assert step(d.machine, Stopped("last"), now + 3, RULES).machine.state is State.FATAL
+
+
+@pytest.mark.parametrize("state", [State.STOPPED, State.BACKOFF, State.STOPPING, State.FATAL])
+def test_escalate_outside_the_live_states_is_ignored(state: State) -> None:
+    m = machine_in(state)
+    d = step(m, Escalate("i1", "model a failed"), m.since + 1.0, RULES)
+    assert d.ignored
+    assert d.machine is m
+    assert d.actions == ()
+
+
 # ---- stale events -----------------------------------------------------------------------
 
 
@@ -600,6 +662,7 @@ STALE = [
     ready_ok("old"),
     ready_fail("old"),
     Exited("old", "exit code 0"),
+    Escalate("old", "model a failed"),
 ]
 
 
@@ -701,9 +764,9 @@ def test_adopted_instance_is_watched_without_a_launch() -> None:
 EXPECTED_TABLE: dict[State, set[str]] = {
     State.STOPPED: {"Start", "Restart", "Adopted"},
     State.STARTING: {"Launched", "LaunchFailed", "Exited", "ProbeResult", "Stop", "Restart",
-                     "Tick"},
-    State.RUNNING: {"Exited", "ProbeResult", "Stop", "Restart", "Tick"},
-    State.UNHEALTHY: {"Exited", "ProbeResult", "Stop", "Restart", "Tick"},
+                     "Escalate", "Tick"},
+    State.RUNNING: {"Exited", "ProbeResult", "Stop", "Restart", "Escalate", "Tick"},
+    State.UNHEALTHY: {"Exited", "ProbeResult", "Stop", "Restart", "Escalate", "Tick"},
     State.BACKOFF: {"Start", "Restart", "Stop", "Tick"},
     State.STOPPING: {"Stopped", "Start", "Restart", "Stop"},
     State.FATAL: {"Start", "Restart", "Stop"},
@@ -713,6 +776,8 @@ SAMPLE_EVENTS: list[Event] = [
     Start("s"),
     Stop("s"),
     Restart("r"),
+    Restart("r", force=True),
+    Escalate("i1", "model a failed"),
     Adopted("i1"),
     Launched("i1"),
     LaunchFailed("boom"),
@@ -787,7 +852,8 @@ _rands = st.floats(0.0, 1.0)
 _events = st.one_of(
     st.builds(Start, st.just("s")),
     st.builds(Stop, st.just("s")),
-    st.builds(Restart, st.just("r")),
+    st.builds(Restart, st.just("r"), st.booleans()),
+    st.builds(Escalate, _instances, st.just("model failed"), _rands),
     st.builds(Adopted, _instances),
     st.builds(Launched, _instances),
     st.builds(LaunchFailed, st.just("boom"), _rands),
@@ -824,8 +890,15 @@ def test_random_event_sequences_keep_the_invariants(
         assert all(t <= now for t in m.failures)
         if any(isinstance(a, Launch) for a in d.actions):
             assert m.state is State.STARTING
-        if any(isinstance(a, Terminate) for a in d.actions):
-            assert m.state is State.STOPPING and before.state in LIVE_STATES
+        for a in d.actions:
+            if isinstance(a, Terminate):
+                assert m.state is State.STOPPING and before.state in LIVE_STATES
+                # Only planned stops drain; a hung server is never one of them.
+                if a.drain:
+                    assert m.intent in (Intent.RESTART, Intent.STOP)
+                    assert not a.hung
+                if m.intent is Intent.FAILURE:
+                    assert not a.drain
         if before.state is State.FATAL and m.state is not State.FATAL:
             assert isinstance(event, Start | Restart | Stop)
         if m.state is State.UNHEALTHY:

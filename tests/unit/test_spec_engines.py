@@ -153,6 +153,7 @@ def test_process_llama_server_spec_uses_host_paths(layout: Layout) -> None:
         "--host", "127.0.0.1",
         "--port", "8081",
         "--threads", "8",
+        "--metrics",
     )
     assert f"model = {layout.models.resolve()}/tiny-a.gguf" in preset_of(spec)
 

@@ -390,65 +390,74 @@ def test_a_template_naming_no_file_is_inline_text(config: Path, models: Path) ->
     assert v.warnings == []  # no "{{": nothing to check, and no file to read
 
 
-# ---- bugs ---------------------------------------------------------------------------------
+# ---- names the filesystem cannot hold, template files, odd YAML values --------------------
 
 
-@pytest.mark.xfail(
-    strict=True, raises=OSError,
-    reason="BUG: validate() raises OSError(ENAMETOOLONG) for a parameters.model whose file "
-    "name is longer than 255 bytes: Path.is_file() only swallows ENOENT/ENOTDIR/EBADF/ELOOP",
-)
-def test_a_model_name_too_long_for_the_filesystem_is_an_error(config: Path,
-                                                              models: Path) -> None:
-    v = check(config, models, CLEAN.replace("tiny.gguf", "x" * 300 + ".gguf"))
-    assert only(v.errors).field == "a.parameters.model"
+@pytest.mark.parametrize("name", ["x" * 300 + ".gguf", "sub/" + "x" * 300 + ".gguf"])
+def test_a_model_name_too_long_for_the_filesystem_is_an_error(config: Path, models: Path,
+                                                              name: str) -> None:
+    # Path.is_file() raises ENAMETOOLONG for a component over 255 bytes: reported, not raised.
+    v = check(config, models, CLEAN.replace("tiny.gguf", name))
+    e = only(v.errors)
+    assert (e.code, e.field, e.line) == ("missing-file", "a.parameters.model", 5)
+    assert v.models is None
 
 
-@pytest.mark.xfail(
-    strict=True, raises=OSError,
-    reason="BUG: validate() raises OSError(ENAMETOOLONG) for a template value over 255 bytes "
-    "without '{{' (_resolve_template looks for a .tmpl file of that name with is_file())",
-)
 def test_a_long_template_without_braces_is_inline_text(config: Path, models: Path) -> None:
     v = check(config, models, CLEAN + "  template:\n    chat: " + "You are kind. " * 30 + "\n")
-    assert v.errors == []
+    assert v.problems == ()
+    assert v.models is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _resolve_template's escape check looks at candidate.name only, so a template "
-    "value like '../outside' reads a file outside the models dir (LocalAI refuses such paths "
-    "with utils.VerifyPath); lint then warns about text LocalAI never uses",
-)
+def test_a_long_inline_template_is_linted_as_text(config: Path, models: Path) -> None:
+    v = check(config, models, CLEAN + "  template:\n    chat: " + "Be kind. " * 40
+              + "<|im_end|>\n")
+    w = only(v.warnings)
+    assert (w.code, w.field) == ("template-end-marker", "a.template.chat")
+
+
+@pytest.mark.parametrize("value", ["../outside", "sub/../../outside"])
 def test_a_template_value_does_not_read_outside_the_models_dir(tmp_path: Path, config: Path,
-                                                               models: Path) -> None:
+                                                               models: Path, value: str) -> None:
+    # LocalAI refuses such paths (utils.VerifyPath): the value is inline text, not a file.
     (tmp_path / "outside.tmpl").write_text("{{.Input}}<|im_end|>")
-    v = check(config, models, CLEAN + "  template:\n    chat: ../outside\n")
+    v = check(config, models, CLEAN + f"  template:\n    chat: {value}\n")
     assert v.warnings == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (lint mismatch): LocalAI looks only for '<value>.tmpl' (pkg/templates/cache.go) "
-    "and otherwise uses the value itself as the template, so `chat: chatml.tmpl` makes the "
-    "prompt the literal text 'chatml.tmpl'; _resolve_template also tries '<value>' and lints "
-    "the file's content instead",
-)
+def test_an_absolute_template_value_is_not_read(tmp_path: Path, config: Path,
+                                                models: Path) -> None:
+    (tmp_path / "outside.tmpl").write_text("{{.Input}}<|im_end|>")
+    v = check(config, models, CLEAN + f"  template:\n    chat: {tmp_path / 'outside'}\n")
+    assert v.warnings == []
+
+
 def test_a_template_value_with_the_tmpl_extension_is_not_a_file_name(config: Path,
                                                                       models: Path) -> None:
+    # LocalAI looks only for '<value>.tmpl' (pkg/templates/cache.go): `chat: chatml.tmpl`
+    # is the literal text 'chatml.tmpl' unless 'chatml.tmpl.tmpl' exists.
     (models / "chatml.tmpl").write_text("<|im_start|>user\n{{.Input}}<|im_end|>\n")
     v = check(config, models, CLEAN + "  template:\n    chat: chatml.tmpl\n")
     assert v.warnings == []
 
 
-@pytest.mark.xfail(
-    strict=True, raises=UnicodeDecodeError,
-    reason="BUG: validate() raises UnicodeDecodeError computing the revision when an unknown "
-    "key holds YAML !!binary that is not UTF-8 (model_dump(mode='json') of bytes)",
-)
+def test_a_template_value_names_the_file_without_its_extension(config: Path,
+                                                               models: Path) -> None:
+    (models / "chatml.tmpl.tmpl").write_text("<|im_start|>user\n{{.Input}}<|im_end|>\n")
+    v = check(config, models, CLEAN + "  template:\n    chat: chatml.tmpl\n")
+    w = only(v.warnings)
+    assert (w.code, w.field, w.line) == ("template-end-marker", "a.template.chat", 8)
+
+
 def test_binary_value_in_an_unknown_key_does_not_raise(config: Path, models: Path) -> None:
     v = check(config, models, CLEAN + "  blob: !!binary gAA=\n")
     assert [w.code for w in v.warnings] == ["unknown-key"]
+    assert v.models is not None
+    first = v.models.revision
+    v = check(config, models, CLEAN + "  blob: !!binary gAA=\n")
+    assert v.models is not None and v.models.revision == first  # stable
+    v = check(config, models, CLEAN + "  blob: !!binary gAE=\n")
+    assert v.models is not None and v.models.revision != first  # follows the value
 
 
 # ---- property tests -----------------------------------------------------------------------
@@ -461,10 +470,11 @@ KEYS = st.sampled_from([
     "chat_message", "use_tokenizer_template", "stopwords", "options", "max_tokens", "stop",
     "function", "grammar", "triggers", "word", "temperature", "mmap", "threads",
 ])
-# Text stays short: names over 255 bytes are a known bug (see the xfail tests above).
+# Random text stays short (fast); names over 255 bytes come from the fixed samples.
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
            | st.sampled_from(["tiny.gguf", "../x.gguf", "missing.gguf", "x.gguf.part", "sub",
+                              "x" * 300 + ".gguf", "long " * 60, "chatml.tmpl",
                               "{{.Input}}<|im_end|>", "</s>", "parallel:2", "parallel:x",
                               "a-00001-of-00002.gguf", "chatml"]))
 YAMLISH = st.recursive(
