@@ -42,3 +42,25 @@ def make_supervised(
             dockerd.client().containers.get(name).remove(force=True)
 
 
+
+
+@pytest.fixture
+def make_process_supervised(
+    llama_server_dir: Path, tiny_models: Path, tmp_path: Path
+) -> Iterator[Callable[..., Supervised]]:
+    """Supervisors of the process runtime (llama-server as a child; no container engine)."""
+    made: list[Supervised] = []
+
+    def make(models: dict[str, str], *, models_dir: Path | None = None,
+             **sections: dict[str, Any]) -> Supervised:
+        sup = Supervised.create(
+            tmp_path / f"proc{len(made)}", models_dir or tiny_models, models,
+            server={"runtime": "process", **sections.pop("server", {})},
+            process={"binary": str(llama_server_dir / "llama-server")}, **sections,
+        )
+        made.append(sup)
+        return sup
+
+    yield make
+    for sup in made:
+        sup.close()

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,16 +89,10 @@ def test_lint_warnings_are_applied_and_shown(make_supervised) -> None:
 
 
 @pytest.fixture
-def proc_sup(llama_server_dir: Path, tiny_models: Path, tmp_path: Path) -> Iterator[Supervised]:
+def proc_sup(make_process_supervised, tiny_models: Path, tmp_path: Path) -> Supervised:
     models = tmp_path / "store" / "models"
     shutil.copytree(tiny_models, models)
-    sup = Supervised.create(
-        tmp_path / "sup", models, {"tiny-a": "tiny-a.gguf"},
-        server={"runtime": "process"},
-        process={"binary": str(llama_server_dir / "llama-server")},
-    )
-    yield sup
-    sup.close()
+    return make_process_supervised({"tiny-a": "tiny-a.gguf"}, models_dir=models)
 
 
 def test_models_dir_deleted_and_recreated(proc_sup: Supervised) -> None:

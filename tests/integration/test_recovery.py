@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +49,12 @@ def models(tmp_path: Path, tiny_models: Path) -> Path:
 
 
 @pytest.fixture
-def proc_sup(llama_server_dir: Path, models: Path, tmp_path: Path
-             ) -> Iterator[Callable[..., Supervised]]:
-    made: list[Supervised] = []
-
+def proc_sup(make_process_supervised, models: Path) -> Callable[..., Supervised]:
     def make(config: dict[str, str], **sections: dict[str, Any]) -> Supervised:
-        sup = Supervised.create(
-            tmp_path / f"sup{len(made)}", models, config,
-            server={"runtime": "process", **sections.pop("server", {})},
-            process={"binary": str(llama_server_dir / "llama-server")},
-            health={**FAST_PROBES, **sections.pop("health", {})}, **sections,
-        )
-        made.append(sup)
-        return sup
+        health = {**FAST_PROBES, **sections.pop("health", {})}
+        return make_process_supervised(config, models_dir=models, health=health, **sections)
 
-    yield make
-    for sup in made:
-        sup.close()
+    return make
 
 
 def model_states(url: str) -> dict[str, str]:

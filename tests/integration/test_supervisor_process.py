@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from supervised import Supervised, wait_chat
@@ -15,14 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def supervised(llama_server_dir: Path, tiny_models: Path, tmp_path: Path) -> Iterator[Supervised]:
-    sup = Supervised.create(
-        tmp_path / "sup", tiny_models, {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"},
-        server={"runtime": "process"},
-        process={"binary": str(llama_server_dir / "llama-server")},
-    )
-    yield sup
-    sup.close()
+def supervised(make_process_supervised) -> Supervised:
+    return make_process_supervised({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"})
 
 
 def _alive(pid: int) -> bool:

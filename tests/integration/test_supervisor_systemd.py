@@ -49,14 +49,8 @@ def notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySo
 
 
 @pytest.fixture
-def supervised(llama_server_dir: Path, tiny_models: Path, tmp_path: Path) -> Iterator[Supervised]:
-    sup = Supervised.create(
-        tmp_path / "sup", tiny_models, {"tiny-a": "tiny-a.gguf"},
-        server={"runtime": "process"},
-        process={"binary": str(llama_server_dir / "llama-server")},
-    )
-    yield sup
-    sup.close()
+def supervised(make_process_supervised) -> Supervised:
+    return make_process_supervised({"tiny-a": "tiny-a.gguf"})
 
 
 def test_ready_status_watchdog_reload_stopping(notify: NotifySocket, supervised: Supervised,
