@@ -399,6 +399,12 @@ class Daemon:
                 self.instance = None
         for action in decision.actions:
             self._perform(action)
+        retry_at = self.machine.retry_at
+        if retry_at is not None and retry_at != before.retry_at:
+            # Wake exactly when the backoff ends instead of at the next 0.5 s tick.
+            delay = max(0.0, retry_at - self._clock()) + 0.005
+            asyncio.get_running_loop().call_later(
+                delay, self.post, Tick(random.random()))  # noqa: S311 - jitter only
 
     def _perform(self, action: Launch | Terminate | Announce) -> None:
         if isinstance(action, Launch):

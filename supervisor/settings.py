@@ -177,7 +177,8 @@ class HealthSection(_Section):
 
 
 class RestartSection(_Section):
-    backoff_initial: float = Field(1.0, gt=0)
+    # Like Docker (100 ms doubling): the first restart is quick, repeated ones back off.
+    backoff_initial: float = Field(0.2, gt=0)
     backoff_max: float = Field(60.0, gt=0)
     backoff_multiplier: float = Field(2.0, ge=1)
     jitter: float = Field(0.2, ge=0, le=1)

@@ -90,7 +90,7 @@ environment = { LOCALAI_LOG_LEVEL = "debug" }
     assert s.server.listen_port == 8080
     assert s.docker.gpus == "0,1"
     assert (s.restart.max_failures, s.restart.backoff_max) == (3, 30.0)
-    assert s.restart.backoff_initial == 1.0  # untouched keys keep their defaults
+    assert s.restart.backoff_initial == RestartSection().backoff_initial  # untouched: default
     # Only what the file sets; the engine's defaults are merged under it when rendering.
     assert s.localai.environment == {"LOCALAI_LOG_LEVEL": "debug"}
 
