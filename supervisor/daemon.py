@@ -240,6 +240,7 @@ class Daemon:
         self._own_work = 0.0
         self._model_tasks: set[str] = set()
         self.last_failure: Diagnosis | None = None
+        self._probe_wake = asyncio.Event()
         self.smoke: dict[str, tuple[float, str | None]] = {}
         self._ggufs: dict[str, GGUFInfo] = {}
 
@@ -391,6 +392,8 @@ class Daemon:
         self.machine = decision.machine
         if decision.ignored:
             return
+        if before.state is not self.machine.state or before.instance != self.machine.instance:
+            self._probe_wake.set()  # a new state or instance: probe it now, not next interval
         if before.state is not self.machine.state:
             log.info("server.state", old=before.state.value, new=self.machine.state.value,
                      trigger=type(event).__name__, reason=self.machine.last_reason)
@@ -888,7 +891,9 @@ class Daemon:
                     interval = min(interval, FAILING_PROBE_SECONDS)
             else:
                 interval = min(interval, 0.5)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probe_wake.wait(), interval)
+            self._probe_wake.clear()
 
     def _on_runtime_event(self, event: RuntimeEvent) -> None:
         self.post(event)
