@@ -50,15 +50,19 @@ import testbed  # noqa: E402
 from supervised import Supervised  # noqa: E402
 from testbed import Dockerd, chat, free_port  # noqa: E402
 
+from supervisor.settings import HealthSection, RestartSection, ServerSection  # noqa: E402
 from supervisor.tinygguf import write_tiny_llama  # noqa: E402
 
 MODELS = {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"}
 MODEL = "tiny-a"
 POLL = 0.05  # seconds between "serving again?" attempts
-# The supervisor's defaults, written out: Supervised.create sets faster test values.
-DEFAULT_HEALTH = {"interval": 5.0, "timeout": 3.0, "failure_threshold": 3}
-DEFAULT_RESTART = {"backoff_initial": 1.0, "backoff_max": 60.0}
-DEFAULT_SERVER = {"stop_timeout": 30.0}
+# The supervisor's defaults, read from its settings model (Supervised.create sets faster test
+# values, so the bench writes the real defaults back).
+_H, _R, _S = HealthSection(), RestartSection(), ServerSection()
+DEFAULT_HEALTH = {"interval": _H.interval, "timeout": _H.timeout,
+                  "failure_threshold": _H.failure_threshold}
+DEFAULT_RESTART = {"backoff_initial": _R.backoff_initial, "backoff_max": _R.backoff_max}
+DEFAULT_SERVER = {"stop_timeout": _S.stop_timeout}
 # Spaced crashes: the supervisor's back-off resets after `stable_after` of RUNNING, Docker's
 # after 10 s of running; the crash-loop guard (5 failures in 300 s → FATAL) is raised so a
 # series of spaced crashes stays a series of single crashes.
