@@ -181,7 +181,7 @@ def probe_rules_from(settings: Settings) -> mh.ProbeRules:
     return mh.ProbeRules(
         interval=h.model_interval, timeout=h.model_timeout, load_timeout=h.model_load_timeout,
         failure_threshold=h.model_failure_threshold,
-        unloaded=mh.UnloadedPolicy(h.probe_unloaded.value), idle_seconds=h.idle_seconds,
+        unloaded=h.probe_unloaded, idle_seconds=h.idle_seconds,
         model_restarts=h.model_restarts,
     )
 

@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+# The setting's own enum: one vocabulary for "when-idle" / "never".
+from .settings import ProbeUnloaded as UnloadedPolicy
+
 
 class ModelState(StrEnum):
     UNKNOWN = "unknown"
@@ -21,11 +24,6 @@ class ModelState(StrEnum):
     RESTARTING = "restarting"
     # Gave up: restarts (of the model, then of the server) did not help. Operator clears it.
     FAILED = "failed"
-
-
-class UnloadedPolicy(StrEnum):
-    WHEN_IDLE = "when-idle"
-    NEVER = "never"
 
 
 @dataclass(frozen=True)
