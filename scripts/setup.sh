@@ -34,8 +34,12 @@ setup_venv() {
     fi
     local stamp=".venv/.installed-$extras"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" 2>&1 \
-            | grep -v "^WARNING: Location" >&2 || true
+        if ! .venv/bin/pip install -q --disable-pip-version-check -e ".$extras" \
+                > .venv/pip-install.log 2>&1; then
+            cat .venv/pip-install.log >&2
+            echo "pip install failed (log above, also in .venv/pip-install.log)" >&2
+            exit 1
+        fi
         touch "$stamp"
     fi
 }
