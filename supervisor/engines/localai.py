@@ -7,7 +7,9 @@ which lists configured models only, not loaded ones (see ../shared/LOCALAI-NOTES
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote
 
 from ..modelconfig import ModelSet
 from ..settings import Engine, Settings
@@ -22,6 +24,8 @@ DEFAULT_ENV = {
 
 
 _INFERENCE_PATHS = ("/completions", "/embeddings", "/chat/", "/v1/audio", "/tts")
+# backend.proto StatusResponse.State: UNINITIALIZED 0, BUSY 1, READY 2, ERROR -1.
+_BACKEND_BUSY = 1
 
 
 class LocalAIEngine:
@@ -73,14 +77,25 @@ class LocalAIEngine:
         return [Call("POST", "/backend/shutdown", {"model": model})]
 
     def activity_calls(self, loaded: list[str]) -> list[Call]:
-        return [Call("GET", "/metrics")]
+        """The api_call histogram, then each loaded model's backend monitor."""
+        return [Call("GET", "/metrics"),
+                *(Call("GET", f"/backend/monitor?model={quote(m, safe='')}") for m in loaded)]
 
     def activity(self, answers: list[tuple[int, str]]) -> Activity:
-        """Completed inference calls from the ``api_call`` histogram; in-flight is unknown."""
-        work = 0.0
-        for status, text in answers:
-            if status != 200:
-                return Activity(None, None)
-            work += sum(v for labels, v in prometheus_values(text, "api_call_count")
-                        if any(p in labels for p in _INFERENCE_PATHS))
-        return Activity(work, None)
+        """Work: completed inference calls (``api_call`` histogram). In flight: loaded
+        backends whose monitor says BUSY; unknown when a monitor does not answer (the
+        llama.cpp backend does not implement Status, see LOCALAI-NOTES)."""
+        if not answers or answers[0][0] != 200:
+            return Activity(None, None)
+        work = sum(v for labels, v in prometheus_values(answers[0][1], "api_call_count")
+                   if any(p in labels for p in _INFERENCE_PATHS))
+        busy = 0
+        for status, text in answers[1:]:
+            try:
+                state = json.loads(text).get("state") if status == 200 else None
+            except (ValueError, AttributeError):
+                state = None
+            if not isinstance(state, int):
+                return Activity(work, None)
+            busy += state == _BACKEND_BUSY
+        return Activity(work, busy)

@@ -259,20 +259,31 @@ def test_llama_server_activity_call_encodes_the_model_name(name: str) -> None:
 # ---- activity_calls / activity: LocalAI --------------------------------------------------------
 
 
-def test_localai_reads_one_metrics_page_whatever_is_loaded() -> None:
-    assert LOCALAI.activity_calls(["a", "b"]) == [Call("GET", "/metrics")]
+def test_localai_reads_metrics_and_each_loaded_backends_monitor() -> None:
+    assert LOCALAI.activity_calls(["a", "b&c"]) == [
+        Call("GET", "/metrics"), Call("GET", "/backend/monitor?model=a"),
+        Call("GET", "/backend/monitor?model=b%26c")]
     assert LOCALAI.activity_calls([]) == [Call("GET", "/metrics")]
+
+
+def test_localai_in_flight_from_backend_monitors() -> None:
+    busy, ready = (200, '{"state": 1, "memory": {}}'), (200, '{"state": 2}')
+    assert LOCALAI.activity([(200, LOCALAI_METRICS), busy, ready]) == Activity(21.0, 1)
+    assert LOCALAI.activity([(200, LOCALAI_METRICS), ready]) == Activity(21.0, 0)
+    # The llama.cpp backend does not implement Status: an error makes in-flight unknown.
+    err = (500, '{"error": {"message": "method Status not implemented"}}')
+    assert LOCALAI.activity([(200, LOCALAI_METRICS), ready, err]) == Activity(21.0, None)
 
 
 def test_localai_activity_counts_inference_calls_only() -> None:
     # 12 chat + 3 completions + 5 embeddings + 1 audio; models, health, system, metrics and
-    # backend calls are not work; in flight is unknown.
-    assert LOCALAI.activity([(200, LOCALAI_METRICS)]) == Activity(21.0, None)
+    # backend calls are not work; nothing loaded, so nothing in flight.
+    assert LOCALAI.activity([(200, LOCALAI_METRICS)]) == Activity(21.0, 0)
 
 
 def test_localai_activity_without_calls_yet() -> None:
     assert LOCALAI.activity([(200, "# HELP go_goroutines x\ngo_goroutines 7\n")]) == Activity(
-        0.0, None)
+        0.0, 0)
 
 
 @pytest.mark.parametrize("status", [0, 401, 404, 500])
