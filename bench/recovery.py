@@ -81,67 +81,6 @@ class Interrupted(Exception):
 
 
 @dataclass
-class BenchDockerd(Dockerd):
-    """testbed's private dockerd, on a bridge of its own.
-
-    Private dockerds started side by side (a test run next to this bench) all put their
-    containers on the host's ``docker0`` and each hands out 172.17.0.2 first; docker-proxy then
-    forwards this bench's published port to the other run's container. A bridge per dockerd,
-    with its own subnet, keeps them apart.
-    """
-
-    bridge: str = ""
-
-    @classmethod
-    def start(cls, timeout: float = 60.0) -> BenchDockerd:
-        d = cls(Path(tempfile.mkdtemp(prefix="lsv-", dir="/tmp")))
-        d.bridge = f"lsvb{os.getpid() % 100000}"
-        routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
-                                check=True).stdout
-        octet = next(n for n in ((os.getpid() + i) % 250 + 1 for i in range(250))
-                     if f"10.213.{n}." not in routes)
-        for cmd in (["link", "add", "name", d.bridge, "type", "bridge"],
-                    ["addr", "add", f"10.213.{octet}.1/24", "dev", d.bridge],
-                    ["link", "set", d.bridge, "up"]):
-            subprocess.run(["ip", *cmd], check=True, capture_output=True)
-        try:
-            d._launch(timeout)
-        except BaseException:
-            d.stop()
-            raise
-        return d
-
-    def _launch(self, timeout: float) -> None:
-        # testbed.Dockerd's command line, plus --bridge.
-        cmd = ["dockerd", "--iptables=false", "--storage-driver=vfs", "--bridge", self.bridge,
-               "--host", self.host, "--data-root", str(self.base / "data"),
-               "--exec-root", str(self.base / "exec"), "--pidfile", str(self.base / "docker.pid")]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited ({self.proc.returncode}):\n"
-                                   f"{testbed.log_tail(self.log_path)}")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                info = subprocess.run(["docker", "-H", self.host, "info", "--format", "{{.ID}}"],
-                                      capture_output=True, timeout=5, check=False)
-                if info.returncode == 0:
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"dockerd not answering after {timeout:.0f}s:\n"
-                           f"{testbed.log_tail(self.log_path)}")
-
-    def stop(self, grace: float = 20.0) -> None:
-        try:
-            super().stop(grace)
-        finally:
-            if self.bridge:
-                subprocess.run(["ip", "link", "del", self.bridge], check=False,
-                               capture_output=True)
-
-
 # ---- observation: docker events and the supervisor's log ------------------------------------
 
 
@@ -548,7 +487,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="lsv-bench-"))
-        self.dockerd: BenchDockerd | None = None
+        self.dockerd: Dockerd | None = None
         self.events: DockerEvents | None = None
         self.supervisors: list[Supervised] = []
         self.autoheal: Autoheal | None = None
@@ -565,7 +504,7 @@ class Bench:
         for seed, name in enumerate(MODELS, start=1):
             write_tiny_llama(self.models_dir / MODELS[name], seed=seed, name=name)
         llama_dir = testbed.llama_server_dir()
-        self.dockerd = BenchDockerd.start()
+        self.dockerd = Dockerd.start()  # on a bridge of its own
         self.image = testbed.build_image(llama_dir, self.dockerd.host)
         self.events = DockerEvents(self.dockerd.host)
 

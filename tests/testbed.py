@@ -125,6 +125,24 @@ def llama_server_dir() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def _own_bridge() -> str:
+    """Create a bridge with a free 10.213.x.0/24 for one dockerd; "" (docker0) if we cannot."""
+    name = f"lsvb{os.getpid() % 100000}"
+    try:
+        routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
+                                check=True).stdout
+        octet = next(n for n in ((os.getpid() + i) % 250 + 1 for i in range(250))
+                     if f"10.213.{n}." not in routes)
+        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+        for cmd in (["link", "add", "name", name, "type", "bridge"],
+                    ["addr", "add", f"10.213.{octet}.1/24", "dev", name],
+                    ["link", "set", name, "up"]):
+            subprocess.run(["ip", *cmd], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return ""
+    return name
+
+
 @dataclass
 class Dockerd:
     """A private dockerd with its own socket, data and exec roots, so it never meets another."""
@@ -132,6 +150,10 @@ class Dockerd:
     base: Path
     proc: subprocess.Popen[bytes] | None = None
     _client: docker.DockerClient | None = field(default=None, repr=False)
+    # A bridge of its own: private dockerds side by side (a test run next to the bench) would
+    # otherwise share docker0 and each give its first container 172.17.0.2, so docker-proxy
+    # forwards one run's published port into the other run's container.
+    bridge: str = ""
 
     @property
     def host(self) -> str:
@@ -146,7 +168,12 @@ class Dockerd:
         # Short base: the containerd socket lands at <base>/exec/containerd/containerd.sock
         # and unix socket paths are capped at 108 bytes.
         d = cls(Path(tempfile.mkdtemp(prefix="lsv-", dir="/tmp")))
-        d._launch(timeout)
+        d.bridge = _own_bridge()
+        try:
+            d._launch(timeout)
+        except BaseException:
+            d.stop()
+            raise
         return d
 
     def _launch(self, timeout: float) -> None:
@@ -158,6 +185,7 @@ class Dockerd:
             "--iptables=false",
             # vfs works on any backing filesystem (overlay-on-overlay does not).
             "--storage-driver=vfs",
+            *(["--bridge", self.bridge] if self.bridge else []),
             "--host",
             self.host,
             "--data-root",
@@ -232,6 +260,8 @@ class Dockerd:
             self._client = None
         self._kill_orphan_containerd()
         self._unmount_leftovers()
+        if self.bridge:
+            subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
     def _kill_orphan_containerd(self) -> None:
