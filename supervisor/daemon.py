@@ -28,7 +28,7 @@ from . import modelhealth as mh
 from .classify import Diagnosis, diagnose
 from .engines import Activity, Call, engine_for
 from .ggufinfo import GGUFInfo
-from .health import ModelsSeen, Prober
+from .health import ModelsSeen, Prober, loaded_names
 from .lint import END_MARKERS, context_for
 from .modelconfig import ModelSet, Pending, Problem, Validation, validate
 from .notify import Notifier
@@ -468,8 +468,7 @@ class Daemon:
 
     async def _loaded_now(self) -> list[str]:
         """Ask the engine which models are loaded right now (not the last observation)."""
-        loaded = await self._prober.loaded()
-        return [k for k, v in (loaded or {}).items() if v == "loaded"]
+        return loaded_names(await self._prober.loaded())
 
     async def _drain(self, reason: str) -> None:
         """Wait (bounded) until no request is in flight, so a planned stop cuts nothing."""
@@ -880,9 +879,10 @@ class Daemon:
                     ready, seen = await self._prober.readiness(token, self.models.names)
                     self.post(_Probed(ready, seen))
                     if ready.ok and m.state is not State.STARTING:
-                        loaded = await self._prober.loaded()
-                        names = [k for k, v in (loaded or {}).items() if v == "loaded"]
-                        activity = await self._prober.activity(names)
+                        # llama-server's readiness answer already says what is loaded.
+                        loaded = (seen.loaded if seen.loaded is not None
+                                  else await self._prober.loaded())
+                        activity = await self._prober.activity(loaded_names(loaded))
                         self.post(_Observed(token, self._clock(), loaded, activity))
                 if m.state is State.STARTING:
                     interval = min(interval, 0.5)

@@ -20,6 +20,12 @@ class ModelsSeen:
     """What the readiness probe learned: each listed model and its load state, if known."""
 
     models: dict[str, str | None]
+    # Which models are loaded, when the readiness answer already says (llama-server /models).
+    loaded: dict[str, str] | None = None
+
+
+def loaded_names(loaded: dict[str, str] | None) -> list[str]:
+    return [k for k, v in (loaded or {}).items() if v == "loaded"]
 
 
 class Prober:
@@ -74,14 +80,18 @@ class Prober:
             return ProbeResult(instance, Probe.READINESS, False, f"GET {path}: {exc}"), ModelsSeen(
                 {})
         seen = self._engine.listed_models(body)
+        loaded_call = self._engine.loaded_call()
+        loaded = (self._engine.loaded_models(body)
+                  if (loaded_call.method, loaded_call.path) == ("GET", path) else None)
         # A model that failed to load is the per-model probes' business (restart that model,
         # not the server); readiness only asks that every configured model is served.
         missing = [m for m in expected if m not in seen]
         if missing:
             return (ProbeResult(instance, Probe.READINESS, False,
-                                f"GET {path}: not listed: {', '.join(missing)}"), ModelsSeen(seen))
+                                f"GET {path}: not listed: {', '.join(missing)}"),
+                    ModelsSeen(seen, loaded))
         return (ProbeResult(instance, Probe.READINESS, True,
-                            f"{len(expected)} model(s) listed"), ModelsSeen(seen))
+                            f"{len(expected)} model(s) listed"), ModelsSeen(seen, loaded))
 
     async def call(self, call: Call, timeout: float) -> tuple[int, str]:
         """Send one described request; (0, reason) when there was no HTTP answer."""
