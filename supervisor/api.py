@@ -1,32 +1,35 @@
-"""Read-only HTTP status API (loopback by default): ``GET /status`` and ``GET /healthz``."""
+"""Read-only HTTP status API (loopback by default): ``GET /status``, ``GET /healthz`` and
+``GET /openapi.json`` (the document that describes both)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
+from .daemon import Daemon
 from .settings import split_host_port
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .status import OPENAPI_FILE
 
 log = structlog.get_logger("supervisor.api")
 
 
 def _app(daemon: Daemon) -> web.Application:
-    # Reads a snapshot only: the status dict is built on the loop's thread, nothing mutates.
+    # Reads a snapshot only: the status is assembled on the loop's thread, nothing mutates.
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(daemon.status())
+        return web.json_response(daemon.status().model_dump(mode="json"))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def openapi(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(OPENAPI_FILE, headers={"Content-Type": "application/json"})
+
     app = web.Application(client_max_size=1024)
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi)
     return app
 
 

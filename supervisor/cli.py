@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +29,14 @@ def _settings_path(arg: str | None) -> tuple[Path, bool]:
     return DEFAULT_SETTINGS_FILE, False
 
 
-async def _serve(daemon: Any) -> Callable[[], Awaitable[None]]:
-    from .api import start_api
-    from .control import start_control
-
-    sup = daemon.settings.supervisor
-    closers = [await start_control(daemon, sup.control_socket, sup.control_socket_group)]
-    if sup.status_api:
-        closers.append(await start_api(daemon, sup.status_api))
-
-    async def close() -> None:
-        for c in reversed(closers):
-            await c()
-
-    return close
-
-
 def run_daemon(settings: Settings, settings_file: Path | None) -> int:
     from . import logs
     from .daemon import Daemon
+    from .surfaces import start_surfaces
 
     logs.configure(settings.supervisor.log_format, settings.supervisor.log_level)
-    return asyncio.run(Daemon(settings, settings_file=settings_file).run(servers=_serve))
+    return asyncio.run(Daemon(settings, settings_file=settings_file).run(
+        servers=start_surfaces))
 
 
 def daemon_main(argv: list[str] | None = None) -> None:
@@ -157,59 +142,6 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
         raise CtlError(f"the daemon did not answer within {timeout:g}s", CTL_ERROR) from exc
 
 
-def _fmt_seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    value = float(value)
-    if value < 120:
-        return f"{value:.1f}s"
-    if value < 7200:
-        return f"{value / 60:.1f}m"
-    return f"{value / 3600:.1f}h"
-
-
-def render_status(st: dict[str, Any], tty: bool) -> str:
-    """Human status: aligned on a terminal, tab-separated when piped."""
-    inst = st.get("instance") or {}
-    cfg = st.get("config") or {}
-    rows = [
-        ("state", st["state"] + (f" ({st['reason']})" if st.get("reason")
-                                 and st["state"] not in ("RUNNING",) else "")),
-        ("since", _fmt_seconds(st.get("since_seconds"))),
-        ("engine", f"{st['engine']} on {st['runtime']}"
-         + ("" if st.get("runtime_connected", True) else " (engine unreachable)")),
-        ("server", st.get("server_url", "-")),
-        ("instance", f"{str(inst.get('id', '-'))[:12]} pid {inst.get('pid') or '-'}"
-         if inst else "-"),
-        ("uptime", _fmt_seconds(st.get("uptime_seconds"))),
-        ("restarts", str(st.get("restarts", 0))),
-        ("config", f"{cfg.get('file')} revision {cfg.get('revision') or '-'}"),
-    ]
-    if st.get("retry_in_seconds") is not None:
-        rows.append(("retry in", _fmt_seconds(st["retry_in_seconds"])))
-    rejected = cfg.get("rejected")
-    if rejected:
-        rows.append(("REJECTED", "latest config change not applied:"))
-        rows.extend(("", err) for err in rejected["errors"])
-    sep = "\t"
-    lines = []
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        lines.append(f"{key:<{width}}  {value}" if tty else f"{key}{sep}{value}")
-    models = st.get("models") or []
-    if models:
-        table = [("MODEL", "FILE", "LISTED", "STATE")] + [
-            (m["name"], m.get("file") or "-", "yes" if m.get("listed") else "no",
-             m.get("state") or "-") for m in models
-        ]
-        widths = [max(len(r[i]) for r in table) for i in range(4)]
-        lines.append("")
-        for r in table:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                         if tty else sep.join(r))
-    return "\n".join(lines)
-
-
 def ctl_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="supervisorctl",
@@ -282,9 +214,13 @@ def ctl_main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     if args.command == "status":
+        from .render import render_status
+        from .status import Status
+
+        status = Status.model_validate(result)
         if not args.json:
-            print(render_status(result, sys.stdout.isatty()))
-        sys.exit(CTL_OK if result.get("state") == "RUNNING" else CTL_UNHEALTHY)
+            print(render_status(status, sys.stdout.isatty()))
+        sys.exit(CTL_OK if status.state.value == "RUNNING" else CTL_UNHEALTHY)
     if result.get("ok", result.get("applied")) is False:
         if not args.json:
             errors = result.get("errors") or [result.get("error", "refused")]

@@ -1,7 +1,8 @@
 """The control socket: JSON over HTTP on a unix socket (mode 0660), for ``supervisorctl``.
 
-Handlers never touch daemon state: each request becomes a ``Command`` for the loop, and the
-answer is whatever the loop replies, within a deadline.
+Handlers never touch daemon state: ``status`` is the daemon's typed snapshot (taken on the
+loop's thread), and every other command becomes a request message for the loop, answered
+with whatever the loop replies, within a deadline.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import grp
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .daemon import Daemon, ReloadRequest, RestartRequest
+from .status import CommandResult, ReloadResult
 
 log = structlog.get_logger("supervisor.control")
 
@@ -27,32 +29,51 @@ MAX_REQUEST_BYTES = 64 * 1024
 COMMANDS = ("status", "reload", "restart")
 
 
-def _app(daemon: Daemon) -> web.Application:
-    from .daemon import Command
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"ok": False, "error": message}, status=status)
 
+
+def _answer(model: BaseModel) -> web.Response:
+    return web.json_response(model.model_dump(mode="json"))
+
+
+async def _reply(reply: asyncio.Future[ReloadResult] | asyncio.Future[CommandResult]
+                 ) -> web.Response:
+    """The loop's answer, or 504 when it does not come within the deadline."""
+    try:
+        result: BaseModel = await asyncio.wait_for(reply, COMMAND_TIMEOUT)
+    except TimeoutError:
+        return _error(f"the daemon did not answer in {COMMAND_TIMEOUT:g}s", 504)
+    return _answer(result)
+
+
+def _app(daemon: Daemon) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         name = request.match_info["command"]
         if name not in COMMANDS:
-            return web.json_response({"ok": False, "error": f"unknown command {name!r}; "
-                                      f"known: {', '.join(COMMANDS)}"}, status=404)
+            return _error(f"unknown command {name!r}; known: {', '.join(COMMANDS)}", 404)
+        if name == "status":
+            return _answer(daemon.status())
         args: dict[str, Any] = {}
         if request.method == "POST" and request.can_read_body:
             try:
                 body = await request.json()
             except ValueError:
-                return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
+                return _error("body is not JSON", 400)
             if not isinstance(body, dict):
-                return web.json_response({"ok": False, "error": "body must be a JSON object"},
-                                         status=400)
+                return _error("body must be a JSON object", 400)
             args = body
-        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        daemon.post(Command(name, args, reply))
-        try:
-            result = await asyncio.wait_for(reply, COMMAND_TIMEOUT)
-        except TimeoutError:
-            return web.json_response({"ok": False, "error": "the daemon did not answer in "
-                                      f"{COMMAND_TIMEOUT:g}s"}, status=504)
-        return web.json_response(result)
+        loop = asyncio.get_running_loop()
+        if name == "reload":
+            reloaded: asyncio.Future[ReloadResult] = loop.create_future()
+            daemon.post(ReloadRequest(reloaded))
+            return await _reply(reloaded)
+        model = args.get("model")
+        if model is not None and not isinstance(model, str):
+            return _error("model must be a string", 400)
+        restarted: asyncio.Future[CommandResult] = loop.create_future()
+        daemon.post(RestartRequest(restarted, model=model or None, force=bool(args.get("force"))))
+        return await _reply(restarted)
 
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     app.router.add_get("/v1/{command}", handle)

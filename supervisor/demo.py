@@ -17,8 +17,9 @@ from pathlib import Path
 import aiohttp
 
 from . import logs
-from .cli import _serve, render_status
 from .daemon import Daemon
+from .policy import State
+from .render import render_status
 from .settings import (
     Engine,
     HealthSection,
@@ -28,6 +29,7 @@ from .settings import (
     Settings,
     SupervisorSection,
 )
+from .surfaces import start_surfaces
 
 DEMO_MODELS = {"tiny-a": 1, "tiny-b": 2}
 
@@ -93,12 +95,11 @@ async def _chat(url: str, model: str) -> str:
 
 async def _main(settings: Settings, once: bool) -> int:
     daemon = Daemon(settings)
-    runner = asyncio.create_task(daemon.run(servers=_serve))
+    runner = asyncio.create_task(daemon.run(servers=start_surfaces))
     deadline = time.monotonic() + settings.server.startup_timeout
-    while daemon.machine.state.value != "RUNNING":
+    while (status := daemon.status()).state is not State.RUNNING:
         if runner.done() or time.monotonic() > deadline:
-            print(f"demo: server did not become ready: {daemon.machine.last_reason}",
-                  file=sys.stderr)
+            print(f"demo: server did not become ready: {status.reason}", file=sys.stderr)
             if not runner.done():
                 os.kill(os.getpid(), signal.SIGTERM)
             await runner
@@ -106,7 +107,7 @@ async def _main(settings: Settings, once: bool) -> int:
         await asyncio.sleep(0.2)
     url = settings.server.probe_base_url
     print("\n=== supervisorctl status ===", flush=True)
-    print(render_status(daemon.status(), tty=True), flush=True)
+    print(render_status(status, tty=True), flush=True)
     for model in DEMO_MODELS:
         started = time.monotonic()
         reply = await _chat(url, model)

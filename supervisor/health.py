@@ -8,24 +8,43 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
 from .engines import Activity, Call, EngineAdapter
-from .policy import Probe, ProbeResult
+from .policy import ProbeResult
+from .vocab import LoadState, ProbeKind
 
 
 @dataclass(frozen=True)
 class ModelsSeen:
     """What the readiness probe learned: each listed model and its load state, if known."""
 
-    models: dict[str, str | None]
+    models: dict[str, LoadState | None]
     # Which models are loaded, when the readiness answer already says (llama-server /models).
-    loaded: dict[str, str] | None = None
+    loaded: dict[str, LoadState] | None = None
 
 
-def loaded_names(loaded: dict[str, str] | None) -> list[str]:
-    return [k for k, v in (loaded or {}).items() if v == "loaded"]
+def loaded_names(loaded: dict[str, LoadState] | None) -> list[str]:
+    return [k for k, v in (loaded or {}).items() if v is LoadState.LOADED]
+
+
+class Probing(Protocol):
+    """What the owners and the effect worker ask of the server over HTTP (a fake in tests)."""
+
+    async def liveness(self, instance: str) -> ProbeResult: ...
+
+    async def readiness(self, instance: str, expected: tuple[str, ...]
+                        ) -> tuple[ProbeResult, ModelsSeen]: ...
+
+    async def call(self, call: Call, timeout: float) -> tuple[int, str]: ...
+
+    async def loaded(self) -> dict[str, LoadState] | None: ...
+
+    async def activity(self, loaded: list[str]) -> Activity: ...
+
+    async def close(self) -> None: ...
 
 
 class Prober:
@@ -50,15 +69,15 @@ class Prober:
             async with self._http().get(url) as resp:
                 await resp.read()
                 if resp.status == 200:
-                    return ProbeResult(instance, Probe.LIVENESS, True)
-                return ProbeResult(instance, Probe.LIVENESS, False,
+                    return ProbeResult(instance, ProbeKind.LIVENESS, True)
+                return ProbeResult(instance, ProbeKind.LIVENESS, False,
                                    f"GET {self._engine.liveness_path}: HTTP {resp.status}")
         except TimeoutError:
-            return ProbeResult(instance, Probe.LIVENESS, False,
+            return ProbeResult(instance, ProbeKind.LIVENESS, False,
                                f"GET {self._engine.liveness_path}: no answer within "
                                f"{self._timeout.total:g}s")
         except aiohttp.ClientError as exc:
-            return ProbeResult(instance, Probe.LIVENESS, False,
+            return ProbeResult(instance, ProbeKind.LIVENESS, False,
                                f"GET {self._engine.liveness_path}: {exc}")
 
     async def readiness(
@@ -69,16 +88,16 @@ class Prober:
             async with self._http().get(self._base + path) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
-                    return (ProbeResult(instance, Probe.READINESS, False,
+                    return (ProbeResult(instance, ProbeKind.READINESS, False,
                                         f"GET {path}: HTTP {resp.status}"), ModelsSeen({}))
                 body = json.loads(raw)
         except TimeoutError:
-            return (ProbeResult(instance, Probe.READINESS, False,
+            return (ProbeResult(instance, ProbeKind.READINESS, False,
                                 f"GET {path}: no answer within {self._timeout.total:g}s"),
                     ModelsSeen({}))
         except (aiohttp.ClientError, ValueError) as exc:
-            return ProbeResult(instance, Probe.READINESS, False, f"GET {path}: {exc}"), ModelsSeen(
-                {})
+            return (ProbeResult(instance, ProbeKind.READINESS, False, f"GET {path}: {exc}"),
+                    ModelsSeen({}))
         seen = self._engine.listed_models(body)
         loaded_call = self._engine.loaded_call()
         loaded = (self._engine.loaded_models(body)
@@ -87,10 +106,10 @@ class Prober:
         # not the server); readiness only asks that every configured model is served.
         missing = [m for m in expected if m not in seen]
         if missing:
-            return (ProbeResult(instance, Probe.READINESS, False,
+            return (ProbeResult(instance, ProbeKind.READINESS, False,
                                 f"GET {path}: not listed: {', '.join(missing)}"),
                     ModelsSeen(seen, loaded))
-        return (ProbeResult(instance, Probe.READINESS, True,
+        return (ProbeResult(instance, ProbeKind.READINESS, True,
                             f"{len(expected)} model(s) listed"), ModelsSeen(seen, loaded))
 
     async def call(self, call: Call, timeout: float) -> tuple[int, str]:
@@ -106,7 +125,7 @@ class Prober:
         except aiohttp.ClientError as exc:
             return 0, f"{type(exc).__name__}: {exc}"
 
-    async def loaded(self) -> dict[str, str] | None:
+    async def loaded(self) -> dict[str, LoadState] | None:
         status, text = await self.call(self._engine.loaded_call(), self._timeout.total or 5)
         if status != 200:
             return None

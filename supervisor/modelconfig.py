@@ -163,8 +163,13 @@ def _line_of(node: yaml.Node | None) -> int | None:
 def parse_yaml(path: Path, text: str) -> tuple[Any, yaml.Node | None]:
     """Parse YAML, keeping the node tree so later errors can name a line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        # One parse: compose the node tree (for line numbers), then build the data from it.
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = ", ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 # The setting's own enum: one vocabulary for "when-idle" / "never".
 from .settings import ProbeUnloaded as UnloadedPolicy
+from .vocab import LoadState
 
 
 class ModelState(StrEnum):
@@ -86,7 +87,7 @@ ModelAction = RestartModel | RestartServer | GiveUp
 
 def due(
     health: Mapping[str, ModelHealth],
-    loaded: Mapping[str, str],
+    loaded: Mapping[str, LoadState],
     idle_for: float | None,
     now: float,
     rules: ProbeRules,
@@ -99,11 +100,11 @@ def due(
             continue
         if h.last_probe is not None and now - h.last_probe < rules.interval:
             continue
-        state = loaded.get(name, "unloaded")
+        state = loaded.get(name, LoadState.UNLOADED)
         timeout = rules.load_timeout if h.cold else rules.timeout
-        if state == "loaded":
+        if state == LoadState.LOADED:
             out.append(ProbeModel(name, allow_load=False, timeout=timeout))
-        elif state == "loading":
+        elif state == LoadState.LOADING:
             continue
         elif (rules.unloaded is UnloadedPolicy.WHEN_IDLE and not unloaded_taken
               and idle_for is not None and idle_for >= rules.idle_seconds):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from .settings import RestartSection
+from .vocab import Level, ProbeKind, RestartReason
 
 
 class State(StrEnum):
@@ -34,11 +35,6 @@ class Intent(StrEnum):
     RESTART = "restart"
     STOP = "stop"
     FAILURE = "failure"
-
-
-class Probe(StrEnum):
-    LIVENESS = "liveness"
-    READINESS = "readiness"
 
 
 # ---- events -------------------------------------------------------------------------------
@@ -65,6 +61,7 @@ class Restart:
 
     reason: str
     force: bool = False
+    cause: RestartReason = RestartReason.OPERATOR
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,8 @@ class Adopted:
 
 @dataclass(frozen=True)
 class Launched:
+    """A launch the policy asked for has produced this instance."""
+
     instance: str
 
 
@@ -99,7 +98,11 @@ class LaunchFailed:
 
 @dataclass(frozen=True)
 class Exited:
-    """The instance stopped without being asked to (crash, OOM, kill)."""
+    """The instance stopped without being asked to (crash, OOM, kill).
+
+    Only the current instance's exit counts: the server owner holds back an exit reported
+    before its launch outcome, so the two always arrive in that order.
+    """
 
     instance: str
     reason: str
@@ -116,7 +119,7 @@ class Stopped:
 @dataclass(frozen=True)
 class ProbeResult:
     instance: str
-    probe: Probe
+    probe: ProbeKind
     ok: bool
     detail: str = ""
     rand: float = 0.5
@@ -137,7 +140,10 @@ Event = (
 
 @dataclass(frozen=True)
 class Launch:
+    """Start an instance of the current spec; ``restart`` says why, None for a first start."""
+
     reason: str
+    restart: RestartReason | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class Announce:
 
     event: str
     reason: str
-    level: str = "info"
+    level: Level = Level.INFO
 
 
 Action = Launch | Terminate | Announce
@@ -181,6 +187,8 @@ class Machine:
     retry_at: float | None = None
     restarts: int = 0
     last_reason: str | None = None
+    # Why the next launch happens (a failure's kind, or a planned restart's).
+    cause: RestartReason | None = None
     liveness_failures: int = 0
     readiness_failures: int = 0
     ready: bool = False
@@ -218,18 +226,18 @@ def _enter(m: Machine, state: State, now: float, **changes: object) -> Machine:
     return replace(m, state=state, since=now, **changes)  # type: ignore[arg-type]
 
 
-def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float,
+def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float, cause: RestartReason,
           *, needs_stop: bool, hung: bool = False) -> Decision:
     """A failure: back off, or give up (FATAL) after too many in the window."""
     window = rules.restart.failure_window
     failures = (*(t for t in m.failures if now - t < window), now)
     attempt = m.attempt + 1
-    base = replace(m, failures=failures, attempt=attempt, last_reason=reason,
+    base = replace(m, failures=failures, attempt=attempt, last_reason=reason, cause=cause,
                    liveness_failures=0, readiness_failures=0, ready=False,
                    unhealthy_since=None)
     if len(failures) >= rules.restart.max_failures:
         msg = f"{len(failures)} failures within {window:g}s, last: {reason}"
-        actions: list[Action] = [Announce("server.fatal", msg, "error")]
+        actions: list[Action] = [Announce("server.fatal", msg, Level.ERROR)]
         if needs_stop:
             actions.insert(0, Terminate(reason, hung=hung))
             return Decision(_enter(base, State.STOPPING, now, intent=Intent.FAILURE,
@@ -237,7 +245,7 @@ def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float,
         return Decision(_enter(base, State.FATAL, now, instance=None, retry_at=None,
                                intent=None), tuple(actions))
     delay = backoff_delay(attempt, rules.restart, rand)
-    announce = Announce("server.failed", f"{reason}; retrying in {delay:.1f}s", "warning")
+    announce = Announce("server.failed", f"{reason}; retrying in {delay:.1f}s", Level.WARNING)
     if needs_stop:
         return Decision(
             _enter(base, State.STOPPING, now, intent=Intent.FAILURE, retry_at=now + delay),
@@ -247,13 +255,13 @@ def _fail(m: Machine, now: float, rules: Rules, reason: str, rand: float,
                            intent=None), (announce,))
 
 
-def _launch(m: Machine, now: float, reason: str, *, count_restart: bool) -> Decision:
-    restarts = m.restarts + 1 if count_restart else m.restarts
+def _launch(m: Machine, now: float, reason: str, restart: RestartReason | None) -> Decision:
+    restarts = m.restarts + 1 if restart is not None else m.restarts
     return Decision(
         _enter(m, State.STARTING, now, instance=None, intent=None, retry_at=None,
                restarts=restarts, liveness_failures=0, readiness_failures=0, ready=False,
-               stable=False, unhealthy_since=None),
-        (Launch(reason),),
+               stable=False, unhealthy_since=None, cause=None),
+        (Launch(reason, restart),),
     )
 
 
@@ -263,7 +271,10 @@ def _launch(m: Machine, now: float, reason: str, *, count_restart: bool) -> Deci
 def _start_from_idle(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Start | Restart)
     fresh = replace(m, failures=(), attempt=0, last_reason=None)
-    return _launch(fresh, now, e.reason, count_restart=m.state is State.FATAL)
+    restart = None
+    if m.state is State.FATAL:
+        restart = e.cause if isinstance(e, Restart) else RestartReason.OPERATOR
+    return _launch(fresh, now, e.reason, restart)
 
 
 def _adopt(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
@@ -282,23 +293,32 @@ def _launched(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     return Decision(replace(m, instance=e.instance, since=now))
 
 
+def _launched_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Launched)
+    # A stop decided while the launch was in flight: the Terminate queued behind the launch
+    # stops exactly this instance, so track it until Stopped says it is gone.
+    return Decision(replace(m, instance=e.instance))
+
+
 def _launch_failed(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, LaunchFailed)
-    return _fail(m, now, rules, f"launch failed: {e.reason}", e.rand, needs_stop=False)
+    return _fail(m, now, rules, f"launch failed: {e.reason}", e.rand,
+                 RestartReason.LAUNCH_FAILURE, needs_stop=False)
 
 
 def _exited(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Exited)
-    if m.instance is not None and e.instance != m.instance:
+    if m.instance is None or e.instance != m.instance:
         return Decision(m, ignored=True)
-    return _fail(m, now, rules, f"exited: {e.reason}", e.rand, needs_stop=False)
+    return _fail(m, now, rules, f"exited: {e.reason}", e.rand, RestartReason.CRASH,
+                 needs_stop=False)
 
 
 def _probe(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, ProbeResult)
     if e.instance != m.instance:
         return Decision(m, ignored=True)
-    if e.probe is Probe.LIVENESS:
+    if e.probe is ProbeKind.LIVENESS:
         if e.ok:
             return Decision(replace(m, liveness_failures=0))
         failures = m.liveness_failures + 1
@@ -307,7 +327,7 @@ def _probe(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
             return Decision(replace(m, liveness_failures=failures, last_reason=e.detail))
         if failures >= rules.failure_threshold:
             return _fail(m, now, rules, f"liveness probe failed {failures}x: {e.detail}",
-                         e.rand, needs_stop=True, hung=True)
+                         e.rand, RestartReason.HANG, needs_stop=True, hung=True)
         return Decision(replace(m, liveness_failures=failures))
     # readiness
     if e.ok:
@@ -322,7 +342,7 @@ def _probe(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     m2 = replace(m, readiness_failures=failures, last_reason=e.detail)
     if m.state is State.RUNNING and failures >= rules.failure_threshold:
         return Decision(_enter(m2, State.UNHEALTHY, now, unhealthy_since=now, ready=False),
-                        (Announce("server.unhealthy", e.detail, "warning"),))
+                        (Announce("server.unhealthy", e.detail, Level.WARNING),))
     return Decision(m2)
 
 
@@ -340,7 +360,8 @@ def _restart(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     if m.state in (State.BACKOFF, State.FATAL, State.STOPPED):
         return _start_from_idle(m, e, now, rules)
     return Decision(
-        _enter(m, State.STOPPING, now, intent=Intent.RESTART, retry_at=None, last_reason=e.reason),
+        _enter(m, State.STOPPING, now, intent=Intent.RESTART, retry_at=None, last_reason=e.reason,
+               cause=e.cause),
         (Terminate(e.reason, drain=not e.force),),
     )
 
@@ -349,15 +370,17 @@ def _escalate(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Escalate)
     if e.instance != m.instance:
         return Decision(m, ignored=True)
-    return _fail(m, now, rules, e.reason, e.rand, needs_stop=True)
+    return _fail(m, now, rules, e.reason, e.rand, RestartReason.MODEL_ESCALATION,
+                 needs_stop=True)
 
 
 def _restart_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Restart | Start)
     # Whatever was going to follow the stop, a start follows it now; an operator's start
     # forgives earlier failures, exactly as it does from FATAL.
+    cause = e.cause if isinstance(e, Restart) else RestartReason.OPERATOR
     return Decision(replace(m, intent=Intent.RESTART, last_reason=e.reason, failures=(),
-                            attempt=0, retry_at=None))
+                            attempt=0, retry_at=None, cause=cause))
 
 
 def _stop_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
@@ -369,7 +392,7 @@ def _stop_while_stopping(m: Machine, e: Event, now: float, rules: Rules) -> Deci
 def _stopped(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Stopped)
     if m.intent is Intent.RESTART:
-        return _launch(m, now, m.last_reason or "restart", count_restart=True)
+        return _launch(m, now, m.last_reason or "restart", m.cause or RestartReason.OPERATOR)
     if m.intent is Intent.FAILURE:
         if m.retry_at is None:
             return Decision(_enter(m, State.FATAL, now, instance=None, intent=None))
@@ -381,18 +404,21 @@ def _stopped(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
 def _tick(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Tick)
     if m.state is State.BACKOFF and m.retry_at is not None and now >= m.retry_at:
-        return _launch(m, now, f"retry after: {m.last_reason}", count_restart=True)
+        return _launch(m, now, f"retry after: {m.last_reason}",
+                       m.cause or RestartReason.CRASH)
     if m.state is State.STARTING and now - m.since >= rules.startup_timeout:
+        # Stop even when the launch has not reported back yet: the runtime performs the
+        # Terminate after the launch, so a slow launch's instance is never left behind.
         return _fail(m, now, rules,
                      f"not ready within startup timeout {rules.startup_timeout:g}s"
                      + (f" ({m.last_reason})" if m.last_reason else ""),
-                     e.rand, needs_stop=m.instance is not None)
+                     e.rand, RestartReason.STARTUP_TIMEOUT, needs_stop=True)
     if m.state is State.RUNNING and not m.stable and now - m.since >= rules.restart.stable_after:
         return Decision(replace(m, stable=True, attempt=0))
     if (m.state is State.UNHEALTHY and m.unhealthy_since is not None
             and now - m.unhealthy_since >= rules.unhealthy_grace):
         return _fail(m, now, rules, f"unhealthy for {rules.unhealthy_grace:g}s: {m.last_reason}",
-                     e.rand, needs_stop=True)
+                     e.rand, RestartReason.UNHEALTHY, needs_stop=True)
     return Decision(m)
 
 
@@ -413,6 +439,7 @@ _TABLE: dict[tuple[State, type], Handler] = {
     (State.STARTING, Launched): _launched,
     (State.STARTING, LaunchFailed): _launch_failed,
     (State.STOPPING, Stopped): _stopped,
+    (State.STOPPING, Launched): _launched_while_stopping,
     (State.STOPPING, Restart): _restart_while_stopping,
     (State.STOPPING, Start): _restart_while_stopping,
     (State.STOPPING, Stop): _stop_while_stopping,

@@ -109,6 +109,59 @@ def write_tiny_llama(
     return path
 
 
+def write_qwen14b_header(path: Path) -> None:
+    """Header, metadata and tensor table of a 14B Q4_K_M model (152k-token vocabulary, 579
+    tensors: 6.6 MB of header), with no tensor data; for benchmarks and loop-lag tests."""
+    q4_k, q6_k, f32 = (gguf.GGMLQuantizationType[n] for n in ("Q4_K", "Q6_K", "F32"))
+    n_vocab, n_embd, n_layer, n_ff, n_kv = 152064, 5120, 48, 13824, 1024
+    writer = gguf.GGUFWriter(path, "qwen2")
+    writer.add_name("Qwen2.5 14B Instruct (bench)")
+    writer.add_block_count(n_layer)
+    writer.add_context_length(32768)
+    writer.add_embedding_length(n_embd)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(40)
+    writer.add_head_count_kv(8)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    tokens = [f"\u0120tok{i:06d}" for i in range(n_vocab)]
+    tokens[151643], tokens[151645] = "<|endoftext|>", "<|im_end|>"
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * n_vocab)
+    writer.add_token_merges([f"\u0120a{i} b{i}" for i in range(151387)])
+    writer.add_eos_token_id(151645)
+    writer.add_bos_token_id(151643)
+    writer.add_chat_template(DEFAULT_CHAT_TEMPLATE * 8)
+
+    def tensor(name: str, shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> None:
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        nbytes = int(np.prod(shape)) // block * type_size
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+
+    tensor("token_embd.weight", (n_vocab, n_embd), q4_k)
+    for i in range(n_layer):
+        heavy = q6_k if i % 2 == 0 else q4_k  # Q4_K_M keeps half of v/down at Q6_K
+        tensor(f"blk.{i}.attn_norm.weight", (n_embd,), f32)
+        tensor(f"blk.{i}.attn_q.weight", (n_embd, n_embd), q4_k)
+        tensor(f"blk.{i}.attn_q.bias", (n_embd,), f32)
+        tensor(f"blk.{i}.attn_k.weight", (n_kv, n_embd), q4_k)
+        tensor(f"blk.{i}.attn_k.bias", (n_kv,), f32)
+        tensor(f"blk.{i}.attn_v.weight", (n_kv, n_embd), heavy)
+        tensor(f"blk.{i}.attn_v.bias", (n_kv,), f32)
+        tensor(f"blk.{i}.attn_output.weight", (n_embd, n_embd), q4_k)
+        tensor(f"blk.{i}.ffn_norm.weight", (n_embd,), f32)
+        tensor(f"blk.{i}.ffn_gate.weight", (n_ff, n_embd), q4_k)
+        tensor(f"blk.{i}.ffn_up.weight", (n_ff, n_embd), q4_k)
+        tensor(f"blk.{i}.ffn_down.weight", (n_embd, n_ff), heavy)
+    tensor("output_norm.weight", (n_embd,), f32)
+    tensor("output.weight", (n_vocab, n_embd), q6_k)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a tiny random-weight llama GGUF model.")
     parser.add_argument("out", type=Path, help="output .gguf path")

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from ..modelconfig import ModelSet
 from ..settings import Engine, Settings
+from ..vocab import LoadState
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class EngineAdapter(Protocol):
     def render(self, models: ModelSet, paths: ServerPaths, settings: Settings) -> EngineLaunch:
         ...
 
-    def listed_models(self, body: Any) -> dict[str, str | None]:
+    def listed_models(self, body: Any) -> dict[str, LoadState | None]:
         """Model ids in a ``/v1/models``-style answer, with their load state where known."""
         ...
 
@@ -73,8 +74,8 @@ class EngineAdapter(Protocol):
         """Where to read which models are loaded (without loading any)."""
         ...
 
-    def loaded_models(self, body: Any) -> dict[str, str]:
-        """Model id -> state ("loaded", "loading", "unloaded", "failed") as far as known."""
+    def loaded_models(self, body: Any) -> dict[str, LoadState]:
+        """Model id -> load state, as far as the engine tells."""
         ...
 
     def probe_call(self, model: str, embeddings: bool, *, allow_load: bool = False) -> Call:
@@ -107,23 +108,16 @@ def openai_probe(model: str, embeddings: bool, query: str = "") -> Call:
     })
 
 
-def prometheus_values(text: str, name: str) -> list[tuple[str, float]]:
-    """(labels, value) of every sample of ``name`` in Prometheus text format."""
-    out = []
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        if "{" in line:
-            metric, _, rest = line.partition("{")
-            labels, _, tail = rest.rpartition("}")
-        else:
-            metric, _, tail = line.partition(" ")
-            labels = ""
-        fields = tail.split()  # value, then an optional timestamp
-        if metric.strip() != name or not fields:
-            continue
-        try:
-            out.append((labels, float(fields[0])))
-        except ValueError:
-            continue
-    return out
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]] | None:
+    """(labels, value) of every sample named ``name`` in Prometheus text format.
+
+    None when the text does not parse: a reading that cannot be trusted is unknown, not 0.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        return [(dict(sample.labels), float(sample.value))
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == name]
+    except ValueError:
+        return None

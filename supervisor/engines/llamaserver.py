@@ -13,14 +13,15 @@ from urllib.parse import quote
 
 from ..modelconfig import ModelEntry, ModelSet
 from ..settings import Engine, Settings
+from ..vocab import LoadState
 from .base import (
     Activity,
     Call,
     EngineLaunch,
     RenderedFile,
     ServerPaths,
+    metric_samples,
     openai_probe,
-    prometheus_values,
 )
 
 PRESET_NAME = "models-preset.ini"
@@ -134,27 +135,28 @@ class LlamaServerEngine:
             dropped=dropped,
         )
 
-    def listed_models(self, body: Any) -> dict[str, str | None]:
+    def listed_models(self, body: Any) -> dict[str, LoadState | None]:
         """``GET /models`` in router mode: each entry carries ``status.value``."""
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             return {}
-        out: dict[str, str | None] = {}
+        out: dict[str, LoadState | None] = {}
         for item in data:
             if not isinstance(item, dict) or "id" not in item:
                 continue
             status = item.get("status")
             value = status.get("value") if isinstance(status, dict) else None
+            state = LoadState.parse(value) if value is not None else None
             if isinstance(status, dict) and status.get("failed"):
-                value = "failed"
-            out[str(item["id"])] = str(value) if value is not None else None
+                state = LoadState.FAILED
+            out[str(item["id"])] = state
         return out
 
     def loaded_call(self) -> Call:
         return Call("GET", "/models")
 
-    def loaded_models(self, body: Any) -> dict[str, str]:
-        return {k: v or "unloaded" for k, v in self.listed_models(body).items()}
+    def loaded_models(self, body: Any) -> dict[str, LoadState]:
+        return {k: v or LoadState.UNLOADED for k, v in self.listed_models(body).items()}
 
     def probe_call(self, model: str, embeddings: bool, *, allow_load: bool = False) -> Call:
         # autoload=false: a probe of a loaded model can never start a swap, even if the model
@@ -177,7 +179,11 @@ class LlamaServerEngine:
                 continue  # unloaded since we asked: it has nothing in flight
             if status != 200:
                 return Activity(None, None)
-            work += sum(v for _, v in prometheus_values(text, "llamacpp:n_decode_total"))
-            for name in ("llamacpp:requests_processing", "llamacpp:requests_deferred"):
-                in_flight += int(sum(v for _, v in prometheus_values(text, name)))
+            decoded = metric_samples(text, "llamacpp:n_decode_total")
+            processing = metric_samples(text, "llamacpp:requests_processing")
+            deferred = metric_samples(text, "llamacpp:requests_deferred")
+            if decoded is None or processing is None or deferred is None:
+                return Activity(None, None)
+            work += sum(v for _, v in decoded)
+            in_flight += int(sum(v for _, v in (*processing, *deferred)))
         return Activity(work, in_flight)

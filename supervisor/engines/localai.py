@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 from ..modelconfig import ModelSet
 from ..settings import Engine, Settings
-from .base import Activity, Call, EngineLaunch, ServerPaths, openai_probe, prometheus_values
+from ..vocab import LoadState
+from .base import Activity, Call, EngineLaunch, ServerPaths, metric_samples, openai_probe
 
 # The hand-run setup's variables that do not come from [server] settings.
 DEFAULT_ENV = {
@@ -52,7 +53,7 @@ class LocalAIEngine:
         )
         return EngineLaunch(args=args, env=tuple(sorted(env.items())))
 
-    def listed_models(self, body: Any) -> dict[str, str | None]:
+    def listed_models(self, body: Any) -> dict[str, LoadState | None]:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             return {}
@@ -61,12 +62,13 @@ class LocalAIEngine:
     def loaded_call(self) -> Call:
         return Call("GET", "/system")
 
-    def loaded_models(self, body: Any) -> dict[str, str]:
+    def loaded_models(self, body: Any) -> dict[str, LoadState]:
         """``GET /system``: ``loaded_models`` lists what runs now; nothing else is loaded."""
         loaded = body.get("loaded_models") if isinstance(body, dict) else None
         if not isinstance(loaded, list):
             return {}
-        return {str(m["id"]): "loaded" for m in loaded if isinstance(m, dict) and "id" in m}
+        return {str(m["id"]): LoadState.LOADED for m in loaded
+                if isinstance(m, dict) and "id" in m}
 
     def probe_call(self, model: str, embeddings: bool, *, allow_load: bool = False) -> Call:
         # LocalAI has no "do not load" switch: callers only probe unloaded models when idle.
@@ -87,8 +89,11 @@ class LocalAIEngine:
         llama.cpp backend does not implement Status, see LOCALAI-NOTES)."""
         if not answers or answers[0][0] != 200:
             return Activity(None, None)
-        work = sum(v for labels, v in prometheus_values(answers[0][1], "api_call_count")
-                   if any(p in labels for p in _INFERENCE_PATHS))
+        calls = metric_samples(answers[0][1], "api_call_count")
+        if calls is None:
+            return Activity(None, None)
+        work = sum(v for labels, v in calls
+                   if any(p in labels.get("path", "") for p in _INFERENCE_PATHS))
         busy = 0
         for status, text in answers[1:]:
             try:

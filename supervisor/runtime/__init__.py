@@ -9,18 +9,25 @@ from pathlib import Path
 from ..engines import EngineAdapter
 from ..settings import RuntimeKind, Settings
 from .base import (
-    EngineConnection,
     Instance,
     InstanceExited,
     InstanceHealth,
     LaunchError,
     Runtime,
+    RuntimeConnection,
     RuntimeEvent,
 )
 
 __all__ = [
-    "EngineConnection", "Instance", "InstanceExited", "InstanceHealth", "LaunchError",
-    "Runtime", "RuntimeEvent", "make_runtime", "program_for",
+    "Instance",
+    "InstanceExited",
+    "InstanceHealth",
+    "LaunchError",
+    "Runtime",
+    "RuntimeConnection",
+    "RuntimeEvent",
+    "make_runtime",
+    "program_for",
 ]
 
 

@@ -16,6 +16,7 @@ class Instance:
     token: str
     ident: str
     spec_digest: str
+    # Wall-clock time the instance itself started (an adopted container: its StartedAt).
     started_at: float
     pid: int | None = None
     image: str | None = None
@@ -48,14 +49,14 @@ class InstanceHealth:
 
 
 @dataclass(frozen=True)
-class EngineConnection:
-    """The container engine went away or came back (docker only)."""
+class RuntimeConnection:
+    """The runtime lost or regained its container engine (Docker's API; docker only)."""
 
     connected: bool
     detail: str = ""
 
 
-RuntimeEvent = InstanceExited | InstanceHealth | EngineConnection
+RuntimeEvent = InstanceExited | InstanceHealth | RuntimeConnection
 Emit = Callable[[RuntimeEvent], None]
 
 

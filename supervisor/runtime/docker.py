@@ -24,11 +24,11 @@ from ..settings import Settings
 from ..spec import ServerSpec
 from .base import (
     Emit,
-    EngineConnection,
     Instance,
     InstanceExited,
     InstanceHealth,
     LaunchError,
+    RuntimeConnection,
     RuntimeEvent,
 )
 
@@ -150,7 +150,7 @@ class DockerRuntime:
                 if not connected:
                     connected = True
                     delay = 0.5
-                    self._send(EngineConnection(True, "docker engine reachable again"))
+                    self._send(RuntimeConnection(True, "docker engine reachable again"))
                     self._recheck(client)
                 for event in self._stream:
                     if self._stop.is_set():
@@ -164,7 +164,7 @@ class DockerRuntime:
                     break
                 if connected:
                     connected = False
-                    self._send(EngineConnection(False, f"{type(exc).__name__}: {exc}"))
+                    self._send(RuntimeConnection(False, f"{type(exc).__name__}: {exc}"))
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._settings.docker.reconnect_max_delay)
             finally:
@@ -220,11 +220,12 @@ class DockerRuntime:
         with self._lock:
             self._current = (attrs["Id"], _started_ns(attrs), token)
         labels = attrs.get("Config", {}).get("Labels") or {}
+        started = _started_ns(attrs)
         return Instance(
             token=token,
             ident=attrs["Id"],
             spec_digest=labels.get(LABEL_SPEC, ""),
-            started_at=time.time(),
+            started_at=started / 1e9 if started else time.time(),
             pid=attrs.get("State", {}).get("Pid") or None,
             image=attrs.get("Config", {}).get("Image"),
         )

@@ -63,7 +63,9 @@ def test_slow_copy_restarts_exactly_once_after_complete(make_supervised, tmp_pat
         print(f"copy finished after {time.monotonic() - t0:.2f}s; pending seen {pendings}x")
         wait_chat(sup.server_url, "tiny-c")
         assert pendings > 0
-        time.sleep(4)  # settle window (3 s) + debounce: nothing else may happen
+        # Checked again now, the files are settled and applied: nothing more to do.
+        reloaded = sup.ctl("reload")
+        assert reloaded.returncode == 0 and "unchanged" in reloaded.stdout, reloaded
         st = sup.status()
         assert st["restarts"] == 1, st["recent_events"]
         assert st["config"]["pending"] == [] and st["config"]["rejected"] is None

@@ -119,6 +119,9 @@ def test_model_that_cannot_load_is_restarted_alone_then_given_up(proc_sup, model
     failed = next(e for e in events if e["event"] == "model.failed")
     assert failed["cause"] == "model-load-failed", failed
     wait_chat(sup.server_url, "tiny-a")  # the other model still serves
+    # What the server lists is as fresh as the last readiness probe (one interval).
+    sup.wait_for(lambda s: next(m for m in s["models"] if m["name"] == "bogus")["state"]
+                 == "failed", timeout=5, what="bogus listed as failed")
     out = sup.ctl("status")
     assert "failed" in out.stdout
 

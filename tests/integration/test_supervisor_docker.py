@@ -87,14 +87,17 @@ def test_touch_or_comment_only_edit_does_not_restart(make_supervised, dockerd: D
     sup = make_supervised().start()
     st = sup.wait_running()
     cid, rev = st["instance"]["id"], st["config"]["revision"]
+    checks = st["config"]["checks"]
     before = started_at(dockerd, cid)
-    os.utime(sup.config_file)
-    sup.write_config({"tiny-a": "tiny-a.gguf"}, header="# only a comment changed\n")
     (sup.config_file.parent / "notes.txt~").write_text("editor backup")
     (sup.models_dir / ".tiny-c.gguf.part").write_bytes(b"GGUF partial")
+    os.utime(sup.config_file)
+    sup.write_config({"tiny-a": "tiny-a.gguf"}, header="# only a comment changed\n")
     try:
-        time.sleep(3)  # debounce is 0.5 s: give the watcher ample time to (not) act
-        st = sup.status()
+        # The watcher reports the batch, the check runs and concludes: nothing to do.
+        st = sup.wait_for(lambda s: s["config"]["checks"] > checks, timeout=10,
+                          what="the check of the edited files")
+        assert st["config"]["last_check"] == "unchanged", st["config"]
     finally:
         (sup.models_dir / ".tiny-c.gguf.part").unlink()
     assert st["state"] == "RUNNING"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 
+import jsonschema
 import pytest
 from supervised import Supervised, wait_chat
+from testbed import http_json
+
+from supervisor.status import OPENAPI_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +91,19 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def test_status_api_and_control_socket_answer_the_documented_schema(supervised: Supervised
+                                                                    ) -> None:
+    sup = supervised.start()
+    sup.wait_running()
+    code, doc = http_json("GET", f"http://127.0.0.1:{sup.status_port}/openapi.json")
+    assert code == 200 and doc == json.loads(OPENAPI_FILE.read_text())
+    schema = {"$ref": "#/components/schemas/Status", "components": doc["components"]}
+    jsonschema.validate(sup.status(), schema)
+    out = sup.ctl("status", "--json")
+    assert out.returncode == 0, out.stderr
+    jsonschema.validate(json.loads(out.stdout), schema)
+    reload = sup.ctl("reload", "--json")
+    jsonschema.validate(json.loads(reload.stdout), {
+        "$ref": "#/components/schemas/ReloadResult", "components": doc["components"]})

@@ -1,4 +1,4 @@
-"""``supervisorctl status`` output: ``cli.render_status``."""
+"""``supervisorctl status`` output: ``render.render_status`` of the typed ``Status``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,20 @@ from typing import Any
 
 import pytest
 
-from supervisor.cli import render_status
+from supervisor.render import render_status as render_typed
+from supervisor.status import Status
+
+
+def model(name: str, file: str | None, listed: bool, state: str | None) -> dict[str, Any]:
+    return {"name": name, "file": file, "size": 1 if file else None, "listed": listed,
+            "state": state, "loaded": state == "loaded", "health": "unknown",
+            "last_probe_seconds_ago": None, "last_error": None, "restarts": 0,
+            "output_warning": None}
+
+
+def render_status(st: dict[str, Any], tty: bool) -> str:
+    """Render a status given as its JSON form (what supervisorctl receives)."""
+    return render_typed(Status.model_validate(st), tty)
 
 ERROR = "/etc/localai/config.yaml:3: tiny-a.context_size: Input should be a valid integer"
 
@@ -21,8 +34,14 @@ BACKOFF: dict[str, Any] = {
     "server_url": "http://127.0.0.1:40080",
     "instance": None,
     "uptime_seconds": None,
+    "supervisor_uptime_seconds": 60.0,
     "restarts": 2,
+    "restarts_by_reason": {"crash": 2},
     "consecutive_failures": 2,
+    "last_failure": None,
+    "model_restarts": 0,
+    "drain": {"drains": 0, "drained_requests": 0, "cut_off_requests": 0},
+    "idle_seconds": None,
     "retry_in_seconds": 4.6,
     "config": {
         "file": "/etc/localai/config.yaml",
@@ -30,10 +49,15 @@ BACKOFF: dict[str, Any] = {
         "revision": "0123456789ab",
         "spec": "feedfacefeedface",
         "rejected": {"at": 12.0, "errors": [ERROR, "second problem"]},
+        "pending": [],
+        "warnings": [],
+        "checks": 3,
+        "last_check": "rejected",
+        "last_check_at": 12.0,
     },
     "models": [
-        {"name": "tiny-a", "file": "tiny-a.gguf", "size": 1, "listed": True, "state": "loaded"},
-        {"name": "tiny-b", "file": None, "size": None, "listed": False, "state": None},
+        model("tiny-a", "tiny-a.gguf", True, "loaded"),
+        model("tiny-b", None, False, None),
     ],
     "recent_events": [],
 }
@@ -44,7 +68,8 @@ RUNNING: dict[str, Any] = {
     "since_seconds": 150.0,
     "reason": "config changed",
     "runtime_connected": False,
-    "instance": {"id": "f00dfacecafe1234567890", "pid": 4242, "image": "llama-server:test"},
+    "instance": {"id": "f00dfacecafe1234567890", "pid": 4242, "image": "llama-server:test",
+                 "spec": "feedfacefeedface", "started_at": 1.0},
     "uptime_seconds": 7260.0,
     "retry_in_seconds": None,
     "config": {**BACKOFF["config"], "rejected": None},
@@ -108,12 +133,14 @@ def test_running_hides_the_reason_and_shows_the_instance() -> None:
 
 
 def test_minimal_status_before_any_config() -> None:
-    st = {"state": "STOPPED", "engine": "localai", "runtime": "process",
-          "config": {"file": "/etc/localai/config.yaml", "revision": None}}
+    st = {**BACKOFF, "state": "STOPPED", "reason": None, "engine": "localai",
+          "runtime": "process", "server_url": "", "restarts": 0, "retry_in_seconds": None,
+          "since_seconds": 3.0, "models": [],
+          "config": {**BACKOFF["config"], "revision": None, "rejected": None}}
     lines = render_status(st, tty=False).split("\n")
     assert lines == [
         "state\tSTOPPED",
-        "since\t-",
+        "since\t3.0s",
         "engine\tlocalai on process",
         "server\t-",
         "instance\t-",
@@ -124,7 +151,7 @@ def test_minimal_status_before_any_config() -> None:
 
 
 def test_process_instance_without_pid() -> None:
-    st = {**RUNNING, "instance": {"id": "abc", "pid": None}}
+    st = {**RUNNING, "instance": {**RUNNING["instance"], "id": "abc", "pid": None}}
     fields = dict(line.split("\t", 1) for line in render_status(st, tty=False).split("\n"))
     assert fields["instance"] == "abc pid -"
 
@@ -135,6 +162,6 @@ def test_process_instance_without_pid() -> None:
      (7200, "2.0h"), (90000, "25.0h"), (None, "-")],
 )
 def test_durations(seconds: float | None, shown: str) -> None:
-    st = {**RUNNING, "since_seconds": seconds}
+    st = {**RUNNING, "uptime_seconds": seconds}
     fields = dict(line.split("\t", 1) for line in render_status(st, tty=False).split("\n"))
-    assert fields["since"] == shown
+    assert fields["uptime"] == shown

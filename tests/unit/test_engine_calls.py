@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from supervisor.engines import Activity, Call, EngineAdapter, engine_for
-from supervisor.engines.base import PROBE_PROMPT, openai_probe, prometheus_values
+from supervisor.engines.base import PROBE_PROMPT, metric_samples, openai_probe
 from supervisor.engines.llamaserver import LlamaServerEngine
 from supervisor.engines.localai import LocalAIEngine
 from supervisor.settings import Engine
@@ -65,21 +65,22 @@ go_goroutines 42
 """
 
 
-# ---- prometheus_values ------------------------------------------------------------------------
+# ---- metric_samples (prometheus_client's text parser) -----------------------------------------
 
 
-def test_prometheus_values_of_plain_samples() -> None:
-    assert prometheus_values(LLAMA_METRICS, "llamacpp:n_decode_total") == [("", 17.0)]
-    assert prometheus_values(LLAMA_METRICS, "llamacpp:requests_processing") == [("", 1.0)]
+def test_metric_samples_of_plain_samples() -> None:
+    assert metric_samples(LLAMA_METRICS, "llamacpp:n_decode_total") == [({}, 17.0)]
+    assert metric_samples(LLAMA_METRICS, "llamacpp:requests_processing") == [({}, 1.0)]
 
 
-def test_prometheus_values_with_labels_skip_other_series_of_the_same_prefix() -> None:
-    found = prometheus_values(LOCALAI_METRICS, "api_call_count")
-    assert found[0] == ('method="POST",path="/v1/chat/completions"', 12.0)
+def test_metric_samples_with_labels_skip_other_series_of_the_same_prefix() -> None:
+    found = metric_samples(LOCALAI_METRICS, "api_call_count")
+    assert found is not None
+    assert found[0] == ({"method": "POST", "path": "/v1/chat/completions"}, 12.0)
     assert len(found) == 9  # not the _bucket or _sum series
-    assert prometheus_values(LOCALAI_METRICS, "api_call") == []  # histograms have no bare name
-    assert prometheus_values(LOCALAI_METRICS, "api_call_sum") == [
-        ('method="POST",path="/v1/chat/completions"', 40.5)]
+    assert metric_samples(LOCALAI_METRICS, "api_call") == []  # histograms have no bare name
+    assert metric_samples(LOCALAI_METRICS, "api_call_sum") == [
+        ({"method": "POST", "path": "/v1/chat/completions"}, 40.5)]
 
 
 @pytest.mark.parametrize(
@@ -87,24 +88,27 @@ def test_prometheus_values_with_labels_skip_other_series_of_the_same_prefix() ->
     [
         ("", []),
         ("# HELP x a counter\n# TYPE x counter\n", []),
-        ("x 1\nx 2\n", [("", 1.0), ("", 2.0)]),
+        ("x 1\nx 2\n", [({}, 1.0), ({}, 2.0)]),
         ("x_total 1\nxx 2\n", []),  # other metrics that start with the name
-        ("x NaN-ish\nx 3\n", [("", 3.0)]),  # a value that is not a number is skipped
-        ("x 1e3\n", [("", 1000.0)]),
-        ("x +Inf\n", [("", float("inf"))]),
-        ('x{path="/a b"} 4\n', [('path="/a b"', 4.0)]),  # a space inside a label value
-        ("x\n", []),
+        ("x 1e3\n", [({}, 1000.0)]),
+        ("x +Inf\n", [({}, float("inf"))]),
+        ('x{path="/a b"} 4\n', [({"path": "/a b"}, 4.0)]),  # a space inside a label value
+        # Text that does not parse is an unknown reading, never a 0.
+        ("x NaN-ish\nx 3\n", None),
+        ("x\n", None),
     ],
     ids=repr,
 )
-def test_prometheus_values_cases(text: str, expected: list[tuple[str, float]]) -> None:
-    assert prometheus_values(text, "x") == expected
+def test_metric_samples_cases(text: str, expected: list[tuple[dict[str, str], float]] | None
+                              ) -> None:
+    assert metric_samples(text, "x") == expected
 
 
-def test_prometheus_values_with_a_timestamp() -> None:
+def test_metric_samples_with_a_timestamp() -> None:
     text = 'x{a="1"} 12 1700000000000\ny 3 1700000000000\n'
-    assert prometheus_values(text, "x") == [('a="1"', 12.0)]
-    assert prometheus_values(text, "y") == [("", 3.0)]
+    assert metric_samples(text, "x") == [({"a": "1"}, 12.0)]
+    assert metric_samples(text, "y") == [({}, 3.0)]
+
 
 
 # ---- loaded_call / loaded_models ---------------------------------------------------------------

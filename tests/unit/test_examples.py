@@ -63,3 +63,21 @@ def test_example_model_config_has_the_three_models() -> None:
     entries = [ModelEntry.model_validate(m) for m in data]
     assert [e.name for e in entries] == ["vicuna-13b", "karakuri-8x7b", "karakuri-70b"]
     assert all(e.parameters.model and e.parameters.model.endswith(".gguf") for e in entries)
+
+
+def _unit_setting(name: str) -> str:
+    unit = (REPO / "systemd" / "localai-supervisor.service").read_text()
+    match = re.search(rf"^{name}=(.*)$", unit, flags=re.M)
+    assert match, f"{name} missing from the unit"
+    return match.group(1).strip()
+
+
+def test_the_supervisors_own_stop_fits_inside_the_units_stop_timeout() -> None:
+    from supervisor.daemon import FORCED_EXIT_SECONDS, SHUTDOWN_MARGIN_SECONDS
+
+    s = Settings()
+    worst = (s.health.drain_timeout + s.server.stop_timeout + SHUTDOWN_MARGIN_SECONDS
+             + FORCED_EXIT_SECONDS)
+    timeout = float(_unit_setting("TimeoutStopSec"))
+    # systemd SIGKILLs what is left at TimeoutStopSec: the supervisor must be done first.
+    assert worst + 5 <= timeout, (worst, timeout)

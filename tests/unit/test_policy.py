@@ -24,7 +24,6 @@ from supervisor.policy import (
     Launched,
     LaunchFailed,
     Machine,
-    Probe,
     ProbeResult,
     Restart,
     Rules,
@@ -39,6 +38,7 @@ from supervisor.policy import (
     step,
 )
 from supervisor.settings import RestartSection
+from supervisor.vocab import ProbeKind, RestartReason
 
 RESTART = RestartSection(
     backoff_initial=1.0, backoff_max=60.0, backoff_multiplier=2.0, jitter=0.2,
@@ -64,19 +64,19 @@ def feed(m: Machine, *timed: tuple[float, Event], rules: Rules = RULES
 
 def live_fail(instance: str = "i1", detail: str = "connection refused",
               rand: float = 0.5) -> ProbeResult:
-    return ProbeResult(instance, Probe.LIVENESS, False, detail, rand)
+    return ProbeResult(instance, ProbeKind.LIVENESS, False, detail, rand)
 
 
 def live_ok(instance: str = "i1") -> ProbeResult:
-    return ProbeResult(instance, Probe.LIVENESS, True)
+    return ProbeResult(instance, ProbeKind.LIVENESS, True)
 
 
 def ready_fail(instance: str = "i1", detail: str = "model b not listed") -> ProbeResult:
-    return ProbeResult(instance, Probe.READINESS, False, detail)
+    return ProbeResult(instance, ProbeKind.READINESS, False, detail)
 
 
 def ready_ok(instance: str = "i1", detail: str = "") -> ProbeResult:
-    return ProbeResult(instance, Probe.READINESS, True, detail)
+    return ProbeResult(instance, ProbeKind.READINESS, True, detail)
 
 
 def starting() -> Machine:
@@ -259,11 +259,23 @@ def test_startup_timeout_reason_carries_the_last_probe_detail() -> None:
     assert d.machine.last_reason == "not ready within startup timeout 600s (503 loading model)"
 
 
-def test_startup_timeout_without_an_instance_backs_off_without_terminate() -> None:
+def test_startup_timeout_during_a_slow_launch_stops_what_the_launch_produces() -> None:
+    # The launch has not reported back: the Terminate is performed after it, on its instance.
     d = step(starting(), Tick(0.5), RULES.startup_timeout, RULES)
-    assert d.machine.state is State.BACKOFF
-    assert not any(isinstance(a, Terminate) for a in d.actions)
+    assert d.machine.state is State.STOPPING
+    assert d.machine.intent is Intent.FAILURE
+    assert d.machine.cause is RestartReason.STARTUP_TIMEOUT
+    assert any(isinstance(a, Terminate) for a in d.actions)
     assert d.machine.retry_at == RULES.startup_timeout + 1.0
+    m = feed(d.machine, (601.0, Launched("late")))[0]
+    assert m.instance == "late" and m.state is State.STOPPING
+    m = feed(m, (602.0, Stopped("late")))[0]
+    assert m.state is State.BACKOFF and m.instance is None
+
+
+def test_launch_failure_after_a_stop_was_decided_is_ignored() -> None:
+    m = step(starting(), Stop("shutdown"), 1.0, RULES).machine
+    assert step(m, LaunchFailed("image missing"), 2.0, RULES).ignored
 
 
 # ---- exits, backoff ---------------------------------------------------------------------
@@ -282,10 +294,9 @@ def test_exit_while_running_backs_off() -> None:
     )
 
 
-def test_exit_before_launched_is_reported_counts_as_a_failure() -> None:
-    # The runtime may see the new instance die before the loop hears Launched.
-    d = step(starting(), Exited("i9", "exit code 1"), 1.0, RULES)
-    assert d.machine.state is State.BACKOFF
+def test_exit_of_an_instance_not_launched_yet_is_ignored() -> None:
+    # The server owner holds such an exit back until the launch reports its instance.
+    assert step(starting(), Exited("i9", "exit code 1"), 1.0, RULES).ignored
 
 
 def test_backoff_waits_for_retry_at_then_launches() -> None:
@@ -300,7 +311,7 @@ def test_backoff_waits_for_retry_at_then_launches() -> None:
     assert d.machine.retry_at is None
     assert d.machine.restarts == 1
     assert d.machine.attempt == 1  # only stability resets the backoff
-    assert d.actions == (Launch("retry after: exited: exit code 1"),)
+    assert d.actions == (Launch("retry after: exited: exit code 1", RestartReason.CRASH),)
 
 
 def test_consecutive_failures_double_the_delay_up_to_the_cap() -> None:
@@ -478,7 +489,7 @@ def test_start_or_restart_leaves_fatal_with_counters_cleared(event: Start | Rest
     assert d.machine.attempt == 0
     assert d.machine.last_reason is None
     assert d.machine.restarts == m.restarts + 1
-    assert d.actions == (Launch(event.reason),)
+    assert d.actions == (Launch(event.reason, RestartReason.OPERATOR),)
 
 
 def test_stop_in_fatal_goes_to_stopped() -> None:
@@ -508,7 +519,7 @@ def test_restart_during_the_stop_before_fatal_clears_the_crash_counters() -> Non
 @pytest.mark.parametrize("make", [launched, running, unhealthy])
 def test_planned_restart_stops_then_relaunches_without_a_failure(make: typing.Any) -> None:
     m = replace(make(), attempt=2, failures=(1.5,))
-    d = step(m, Restart("config changed"), 50.0, RULES)
+    d = step(m, Restart("config changed", cause=RestartReason.CONFIG_CHANGE), 50.0, RULES)
     assert d.machine.state is State.STOPPING
     assert d.machine.intent is Intent.RESTART
     assert d.machine.retry_at is None
@@ -524,7 +535,7 @@ def test_planned_restart_stops_then_relaunches_without_a_failure(make: typing.An
     assert d2.machine.attempt == 2
     assert d2.machine.ready is False
     assert d2.machine.unhealthy_since is None
-    assert d2.actions == (Launch("config changed"),)
+    assert d2.actions == (Launch("config changed", RestartReason.CONFIG_CHANGE),)
 
 
 @pytest.mark.parametrize("make", [launched, running, unhealthy])
@@ -591,7 +602,7 @@ def test_start_during_a_stop_relaunches_after_it(event: Start | Restart) -> None
     assert d.actions == ()
     d2 = step(d.machine, Stopped("i1"), 51.0, RULES)
     assert d2.machine.state is State.STARTING
-    assert d2.actions == (Launch("operator"),)
+    assert d2.actions == (Launch("operator", RestartReason.OPERATOR),)
 
 
 def test_stopped_then_started_again_is_not_a_restart() -> None:
@@ -626,7 +637,7 @@ def test_escalate_restarts_the_server_as_a_failure(make: typing.Any) -> None:
     assert d2.machine.instance is None
     d3 = step(d2.machine, Tick(), 52.0, RULES)
     assert d3.machine.state is State.STARTING
-    assert d3.actions == (Launch(f"retry after: {reason}"),)
+    assert d3.actions == (Launch(f"retry after: {reason}", RestartReason.MODEL_ESCALATION),)
 
 
 def test_escalate_counts_toward_fatal() -> None:
@@ -768,7 +779,7 @@ EXPECTED_TABLE: dict[State, set[str]] = {
     State.RUNNING: {"Exited", "ProbeResult", "Stop", "Restart", "Escalate", "Tick"},
     State.UNHEALTHY: {"Exited", "ProbeResult", "Stop", "Restart", "Escalate", "Tick"},
     State.BACKOFF: {"Start", "Restart", "Stop", "Tick"},
-    State.STOPPING: {"Stopped", "Start", "Restart", "Stop"},
+    State.STOPPING: {"Stopped", "Start", "Restart", "Stop", "Launched"},
     State.FATAL: {"Start", "Restart", "Stop"},
 }
 
@@ -859,7 +870,8 @@ _events = st.one_of(
     st.builds(LaunchFailed, st.just("boom"), _rands),
     st.builds(Exited, _instances, st.just("crash"), _rands),
     st.builds(Stopped, st.one_of(st.none(), _instances)),
-    st.builds(ProbeResult, _instances, st.sampled_from(list(Probe)), st.booleans(),
+    st.builds(ProbeResult, _instances,
+              st.sampled_from([ProbeKind.LIVENESS, ProbeKind.READINESS]), st.booleans(),
               st.just("d"), _rands),
     st.builds(Tick, _rands),
 )
@@ -903,3 +915,57 @@ def test_random_event_sequences_keep_the_invariants(
             assert isinstance(event, Start | Restart | Stop)
         if m.state is State.UNHEALTHY:
             assert m.unhealthy_since is not None
+
+
+# ---- why the next launch happens (restarts_by_reason) -----------------------------------
+
+
+def _next_launch(m: Machine, now: float) -> Launch:
+    """Drive a failed or stopping machine to its next Launch and return it."""
+    actions: list[Action] = []
+    if m.state is State.STOPPING:
+        d = step(m, Stopped(m.instance), now, RULES)
+        m, actions = d.machine, list(d.actions)
+    if m.state is State.BACKOFF:
+        assert m.retry_at is not None
+        actions = list(step(m, Tick(), m.retry_at, RULES).actions)
+    launches = [a for a in actions if isinstance(a, Launch)]
+    assert len(launches) == 1, (m, actions)
+    return launches[0]
+
+
+@pytest.mark.parametrize(("event", "cause"), [
+    (Exited("i1", "exit code 137"), RestartReason.CRASH),
+    (Escalate("i1", "model a failed"), RestartReason.MODEL_ESCALATION),
+    (Restart("config changed", cause=RestartReason.CONFIG_CHANGE), RestartReason.CONFIG_CHANGE),
+    (Restart("operator: supervisorctl restart"), RestartReason.OPERATOR),
+], ids=lambda v: type(v).__name__ if not isinstance(v, RestartReason) else v.value)
+def test_each_relaunch_says_why(event: Event, cause: RestartReason) -> None:
+    d = step(running(), event, 30.0, RULES)
+    assert _next_launch(d.machine, 31.0).restart is cause
+
+
+def test_a_hang_relaunch_is_a_hang() -> None:
+    m = feed(running(), *[(t, live_fail()) for t in (10.0, 11.0, 12.0)])[0]
+    assert m.state is State.STOPPING
+    assert _next_launch(m, 13.0).restart is RestartReason.HANG
+
+
+def test_an_unhealthy_relaunch_is_unhealthy() -> None:
+    m = step(unhealthy(), Tick(), 12.0 + RULES.unhealthy_grace, RULES).machine
+    assert _next_launch(m, 200.0).restart is RestartReason.UNHEALTHY
+
+
+def test_a_startup_timeout_relaunch_says_so() -> None:
+    m = step(launched(), Tick(), 1.0 + RULES.startup_timeout, RULES).machine
+    assert _next_launch(m, 700.0).restart is RestartReason.STARTUP_TIMEOUT
+
+
+def test_a_failed_launch_relaunch_says_so() -> None:
+    m = step(starting(), LaunchFailed("image missing"), 1.0, RULES).machine
+    assert _next_launch(m, 2.0).restart is RestartReason.LAUNCH_FAILURE
+
+
+def test_the_first_launch_is_not_a_restart() -> None:
+    d = step(Machine(), Start("boot"), 0.0, RULES)
+    assert d.actions == (Launch("boot", None),)

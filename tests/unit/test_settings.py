@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from supervisor.daemon import rules_from
 from supervisor.engines.localai import DEFAULT_ENV
 from supervisor.policy import Rules
+from supervisor.server import rules_from
 from supervisor.settings import (
     Engine,
     LogFormat,

@@ -1,0 +1,359 @@
+"""The models owner: one record per configured model (health, load state, smoke warning) and
+the server's recent activity, which decides when an unloaded model may be probed.
+
+It learns which instance serves from ``ServingChanged`` events and what the server lists and
+loads from probe events; it never reads the server owner. Probes, in-place restarts and
+smoke checks run as tasks that report back; only this owner turns their answers into state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from . import modelhealth as mh
+from .classify import diagnose
+from .engines import Call, EngineAdapter
+from .ggufinfo import GGUFInfo
+from .health import ModelsSeen, Probing
+from .lint import END_MARKERS
+from .modelconfig import ModelSet
+from .policy import Escalate
+from .settings import Settings
+from .status import Journal, ModelsSnapshot, ModelStatus
+from .vocab import LoadState
+
+log = structlog.get_logger("supervisor")
+
+# What one model probe may add to the engine's work counter (n_decode / api_call count).
+PROBE_WORK = 2.0
+SMOKE_PROMPT = "Say hello in one short sentence."
+
+
+def probe_rules_from(settings: Settings) -> mh.ProbeRules:
+    h = settings.health
+    return mh.ProbeRules(
+        interval=h.model_interval, timeout=h.model_timeout, load_timeout=h.model_load_timeout,
+        failure_threshold=h.model_failure_threshold,
+        unloaded=h.probe_unloaded, idle_seconds=h.idle_seconds,
+        model_restarts=h.model_restarts,
+    )
+
+
+# ---- outcome events of this owner's tasks --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelProbed:
+    token: str
+    name: str
+    ok: bool
+    detail: str
+    # autoload=false refused: the model was unloaded since we looked; not a failure.
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class ModelRestarted:
+    token: str
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Smoked:
+    token: str
+    name: str
+    warning: str | None
+
+
+@dataclass(frozen=True)
+class _Record:
+    """Everything known about one model; replaced whole, never mutated."""
+
+    health: mh.ModelHealth
+    listed: LoadState | None = None
+    is_listed: bool = False
+    load: LoadState = LoadState.UNKNOWN
+    # A probe or restart task for this model is running.
+    busy: bool = False
+    smoke_at: float | None = None
+    smoke_busy: bool = False
+    smoke_warning: str | None = None
+
+
+class ModelsOwner:
+    def __init__(self, settings: Settings, engine: EngineAdapter, prober: Probing,
+                 post: Callable[[Any], None], notify: Callable[[Any], None], journal: Journal,
+                 clock: Callable[[], float], rand: Callable[[], float] = random.random) -> None:
+        self._settings = settings
+        self._rules = probe_rules_from(settings)
+        self._engine = engine
+        self._prober = prober
+        self._post = post
+        self._notify = notify
+        self._journal = journal
+        self._clock = clock
+        self._rand = rand
+        self._models: ModelSet | None = None
+        self._ggufs: Mapping[str, GGUFInfo] = {}
+        self._records: dict[str, _Record] = {}
+        self._token: str | None = None
+        self._serving = False
+        # (time, work counter less our own probes' share, requests in flight)
+        self._samples: deque[tuple[float, float | None, int | None]] = deque(maxlen=512)
+        self._own_work = 0.0
+        self._model_restarts = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- inputs from other owners --------------------------------------------------------
+
+    def set_settings(self, settings: Settings) -> None:
+        self._settings = settings
+        self._rules = probe_rules_from(settings)
+
+    def configure(self, models: ModelSet, ggufs: Mapping[str, GGUFInfo]) -> None:
+        """A new configuration deserves a fresh start for every model, FAILED ones included."""
+        self._models = models
+        self._ggufs = ggufs
+        self._records = {name: _Record(mh.ModelHealth(name)) for name in models.names}
+
+    def serving_changed(self, token: str | None, serving: bool) -> None:
+        if token != self._token:
+            # A new instance (or none): what the old one had loaded is gone with it.
+            names = self._models.names if self._models else ()
+            fresh = mh.reset(names, {n: r.health for n, r in self._records.items()})
+            self._records = {n: _Record(h) for n, h in fresh.items()}
+            self._samples.clear()
+            self._own_work = 0.0
+        self._token, self._serving = token, serving
+
+    def on_seen(self, token: str, seen: ModelsSeen) -> None:
+        if token != self._token:
+            return
+        for name, rec in self._records.items():
+            self._records[name] = replace(rec, is_listed=name in seen.models,
+                                          listed=seen.models.get(name))
+
+    def on_observed(self, token: str, at: float, loaded: Mapping[str, LoadState] | None,
+                    work: float | None, in_flight: int | None) -> None:
+        if token != self._token or not self._serving:
+            return
+        if loaded is not None:
+            newly_failed = []
+            for name, rec in self._records.items():
+                state = loaded.get(name, LoadState.UNLOADED)
+                if state is LoadState.FAILED and rec.load is not LoadState.FAILED:
+                    newly_failed.append(name)
+                self._records[name] = replace(rec, load=state)
+            for name in newly_failed:
+                if not self._records[name].busy:
+                    self._judge(ModelProbed(token, name, False, f"model name={name} failed to "
+                                            "load (the engine reports its load as failed)"))
+        self._samples.append((at, None if work is None else work - self._own_work, in_flight))
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def schedule(self, now: float) -> None:
+        if not self._settings.health.model_probes or not self._serving or self._token is None:
+            return
+        token = self._token
+        self._schedule_smoke(token, now)
+        idle = mh.idle_for(list(self._samples), now, PROBE_WORK)
+        health = {n: r.health for n, r in self._records.items() if not r.busy}
+        loaded = {n: r.load for n, r in self._records.items()}
+        for probe in mh.due(health, loaded, idle, now, self._rules):
+            rec = self._records[probe.name]
+            self._records[probe.name] = replace(
+                rec, busy=True, health=mh.probe_started(rec.health, now))
+            self._own_work += PROBE_WORK
+            self._spawn(self._probe(token, probe))
+
+    def _schedule_smoke(self, token: str, now: float) -> None:
+        every = self._settings.health.smoke_interval
+        if not every:
+            return
+        for name, rec in self._records.items():
+            if (rec.load is not LoadState.LOADED or rec.smoke_busy
+                    or (rec.smoke_at is not None and now - rec.smoke_at < every)):
+                continue
+            self._records[name] = replace(rec, smoke_at=now, smoke_busy=True)
+            self._spawn(self._smoke(token, name))
+
+    # -- tasks (effects only: they post what they found) ---------------------------------
+
+    async def _probe(self, token: str, probe: mh.ProbeModel) -> None:
+        embeddings = any(e.embeddings for e in (self._models.entries if self._models else ())
+                         if e.name == probe.name)
+        call = self._engine.probe_call(probe.name, embeddings, allow_load=probe.allow_load)
+        status, text = await self._prober.call(call, probe.timeout)
+        if status == 200:
+            self._post(ModelProbed(token, probe.name, True, ""))
+        elif status == 400 and "not loaded" in text:
+            self._post(ModelProbed(token, probe.name, False, text[:200], skipped=True))
+        else:
+            detail = f"HTTP {status}: {text[:300]}" if status else text
+            self._post(ModelProbed(token, probe.name, False, detail))
+
+    async def _smoke(self, token: str, name: str) -> None:
+        limit = self._settings.health.smoke_max_tokens
+        call = self._engine.probe_call(name, False)
+        body = dict(call.body or {}, max_tokens=limit,
+                    messages=[{"role": "user", "content": SMOKE_PROMPT}])
+        status, text = await self._prober.call(Call(call.method, call.path, body),
+                                               self._rules.timeout)
+        warning = None
+        if status == 200:
+            try:
+                data = json.loads(text)
+                choice = data["choices"][0]
+                content = str(choice.get("message", {}).get("content") or "")
+                used = data.get("usage", {}).get("completion_tokens")
+                gguf = self._ggufs.get(name)
+                ends = [t for t in (gguf.eos_token, gguf.eot_token) if t] if gguf else []
+                warning = mh.smoke_verdict(content, choice.get("finish_reason"), used, limit,
+                                           [*ends, *END_MARKERS])
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                warning = f"unexpected answer shape: {exc}"
+        self._post(Smoked(token, name, warning))
+
+    async def _restart(self, token: str, name: str, reason: str) -> None:
+        ok, detail = True, ""
+        for call in self._engine.restart_model_calls(name):
+            status, text = await self._prober.call(call, self._rules.load_timeout)
+            # "not running" / "already running" answers still leave the model restartable.
+            if status not in (200, 400, 404):
+                ok, detail = False, f"{call.method} {call.path}: HTTP {status}: {text[:200]}"
+                break
+        self._post(ModelRestarted(token, name, ok, detail or reason))
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def on_probed(self, msg: ModelProbed) -> None:
+        rec = self._records.get(msg.name)
+        if rec is None:
+            return
+        self._records[msg.name] = replace(rec, busy=False)
+        # An answer from an instance that is no longer serving (being stopped, or gone) says
+        # nothing about the model.
+        if msg.token != self._token or not self._serving or msg.skipped:
+            return
+        self._judge(msg)
+
+    def _judge(self, msg: ModelProbed) -> None:
+        rec = self._records[msg.name]
+        h2, action = mh.probe_result(rec.health, msg.ok, msg.detail, self._clock(), self._rules)
+        self._records[msg.name] = replace(rec, health=h2)
+        if not msg.ok:
+            log.warning("probe.failed", probe="model", model=msg.name, error=msg.detail,
+                        failures=h2.failures, state=h2.state.value)
+        elif rec.health.state is mh.ModelState.FAILING:
+            log.info("model.recovered", model=msg.name)
+        if isinstance(action, mh.RestartModel):
+            diag = diagnose(None, False, [msg.detail])
+            self._start_restart(msg.token, msg.name, action.reason)
+            log.warning("model.restart", model=msg.name, reason=action.reason,
+                        cause=diag.cause.value, hint=diag.hint,
+                        action="restarting this model alone; the server keeps serving")
+            self._journal.note("model.restart", f"{msg.name}: {action.reason}")
+        elif isinstance(action, mh.RestartServer):
+            log.error("model.escalate", model=msg.name, reason=action.reason,
+                      action="restarting the whole server")
+            self._notify(Escalate(msg.token, action.reason, self._rand()))
+        elif isinstance(action, mh.GiveUp):
+            diag = diagnose(None, False, [msg.detail])
+            log.error("model.failed", model=msg.name, reason=action.reason,
+                      cause=diag.cause.value, hint=diag.hint,
+                      action="stopped probing it; other models keep serving; "
+                      f"`supervisorctl restart {msg.name}` to try again")
+            self._journal.note("model.failed", action.reason)
+
+    def _start_restart(self, token: str, name: str, reason: str) -> None:
+        self._records[name] = replace(self._records[name], busy=True)
+        self._model_restarts += 1
+        self._spawn(self._restart(token, name, reason))
+
+    def on_restarted(self, msg: ModelRestarted) -> None:
+        rec = self._records.get(msg.name)
+        if rec is None:
+            return
+        rec = replace(rec, busy=False)
+        if msg.token == self._token:
+            rec = replace(rec, health=mh.restart_done(rec.health, msg.ok, msg.detail))
+            log.info("model.restarted", model=msg.name, ok=msg.ok, detail=msg.detail)
+        self._records[msg.name] = rec
+
+    def on_smoked(self, msg: Smoked) -> None:
+        rec = self._records.get(msg.name)
+        if rec is None:
+            return
+        before = rec.smoke_warning
+        self._records[msg.name] = replace(rec, smoke_busy=False, smoke_warning=msg.warning)
+        if msg.warning and msg.warning != before:
+            log.warning("smoke.warning", model=msg.name, warning=msg.warning,
+                        action="reported only; nothing restarted")
+
+    # -- operator ------------------------------------------------------------------------
+
+    def operator_restart(self, name: str) -> str | None:
+        """Restart one model in place; the error to show when that cannot be done."""
+        if name not in self._records:
+            return f"no model named {name!r}; known: {', '.join(self._records) or 'none'}"
+        if self._token is None or not self._serving:
+            return "the server is not serving: restart the server instead"
+        rec = self._records[name]
+        self._records[name] = replace(
+            rec, health=mh.ModelHealth(name, state=mh.ModelState.RESTARTING))
+        self._start_restart(self._token, name, "operator")
+        log.info("model.restart", model=name, reason="operator: supervisorctl restart MODEL",
+                 action="restarting this model alone")
+        return None
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- views ---------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> tuple[str | None, bool]:
+        """The instance this owner believes serves, and whether it does (for tests)."""
+        return self._token, self._serving
+
+    def failed(self) -> list[str]:
+        return [n for n, r in self._records.items() if r.health.state is mh.ModelState.FAILED]
+
+    def snapshot(self, now: float) -> ModelsSnapshot:
+        out = []
+        if self._models is not None:
+            files = {f.name: f for f in self._models.files}
+            for entry in self._models.entries:
+                f = files.get(entry.name)
+                rec = self._records.get(entry.name) or _Record(mh.ModelHealth(entry.name))
+                h = rec.health
+                out.append(ModelStatus(
+                    name=entry.name, file=f.relpath if f else None, size=f.size if f else None,
+                    listed=rec.is_listed, state=rec.listed,
+                    loaded=rec.load is LoadState.LOADED, health=h.state,
+                    last_probe_seconds_ago=round(now - h.last_probe, 3)
+                    if h.last_probe is not None else None,
+                    last_error=h.last_error, restarts=len(h.restarts),
+                    output_warning=rec.smoke_warning))
+        idle = mh.idle_for(list(self._samples), now, PROBE_WORK) if self._samples else None
+        return ModelsSnapshot(models=out, model_restarts=self._model_restarts, idle_seconds=idle)

@@ -1,0 +1,385 @@
+"""The daemon's loop on a fake runtime, a fake prober and a fake clock: boot, adopt, reload,
+rejected reload, stop, stop during a launch, crash during a drain, forced shutdown, and random
+interleavings of all of these. No sleeps: every step waits for the event it needs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import jsonschema
+import pytest
+from daemonkit import CONFIG, Harness
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from supervisor.effects import FORCED_STOP_SECONDS
+from supervisor.policy import Restart, Start, State, Stop
+from supervisor.runtime import Instance
+from supervisor.status import OPENAPI_FILE, CommandResult, ReloadResult, render_openapi
+from supervisor.vocab import RestartReason
+
+
+@pytest.fixture
+async def h(tmp_path: Path):
+    harness = Harness(tmp_path)
+    yield harness
+    await harness.close()
+
+
+async def reload(h: Harness) -> ReloadResult:
+    from supervisor.daemon import ReloadRequest
+
+    reply: asyncio.Future[ReloadResult] = asyncio.get_running_loop().create_future()
+    h.daemon.post(ReloadRequest(reply))
+    await h.until(reply.done, "reload answer")
+    return reply.result()
+
+
+async def restart(h: Harness, model: str | None = None, force: bool = False) -> CommandResult:
+    from supervisor.daemon import RestartRequest
+
+    reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+    h.daemon.post(RestartRequest(reply, model=model, force=force))
+    await h.until(reply.done, "restart answer")
+    return reply.result()
+
+
+def edit_config(h: Harness, text: str) -> None:
+    h.settings.server.model_config_file.write_text(text)
+
+
+# ---- boot --------------------------------------------------------------------------------
+
+
+async def test_boot_launches_and_serves(h: Harness) -> None:
+    assert await h.start() is None
+    await h.running()
+    st = h.daemon.status()
+    assert h.runtime.launched == ["t1"]
+    assert st.instance is not None and st.instance.id == "t1"
+    assert st.restarts == 0 and st.restarts_by_reason == {}
+    assert st.config.revision is not None
+    assert [m.name for m in st.models] == ["tiny-a"] and st.models[0].listed
+    assert any(m.startswith("STATUS=RUNNING, revision") for m in h.notifier.sent)
+
+
+async def test_boot_adopts_an_instance_already_running_the_spec(h: Harness) -> None:
+    h.runtime.adoptable = Instance("adopted", "c0ffee", "spec", started_at=4000.0, pid=7)
+    await h.start()
+    await h.running()
+    st = h.daemon.status()
+    assert h.runtime.launched == []
+    assert st.instance is not None and st.instance.id == "c0ffee"
+    # Uptime counts from the instance's own start, not from the supervisor's.
+    assert st.uptime_seconds == 1000.0
+    assert [e.event for e in st.recent_events] == ["config.applied", "server.adopted",
+                                                   "server.ready"]
+
+
+async def test_invalid_config_at_boot_exits_2_and_launches_nothing(h: Harness) -> None:
+    edit_config(h, "- name: tiny-a\n  context_size: huge\n")
+    assert await h.start() == 2
+    assert h.runtime.launched == []
+    assert h.daemon.status().config.rejected is not None
+
+
+# ---- reload ------------------------------------------------------------------------------
+
+
+async def test_reload_of_a_changed_config_restarts_onto_it(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    edit_config(h, CONFIG.replace("max_tokens: 16", "max_tokens: 32"))
+    result = await reload(h)
+    assert result.applied and result.restarting
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"] and h.state == "RUNNING",
+                  "restart onto the new revision")
+    st = h.daemon.status()
+    assert st.config.revision == result.revision
+    assert st.restarts_by_reason == {RestartReason.CONFIG_CHANGE: 1}
+    assert h.runtime.terminated[0][0] == "t1" and h.runtime.live == {"t2"}
+
+
+async def test_reload_of_an_unchanged_config_restarts_nothing(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    edit_config(h, "# a comment\n" + CONFIG)
+    result = await reload(h)
+    assert result.applied and not result.restarting
+    await h.settle()
+    assert h.runtime.launched == ["t1"]
+
+
+async def test_rejected_reload_keeps_the_running_server(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    revision = h.daemon.status().config.revision
+    edit_config(h, "- name: tiny-a\n  parameters: [oops\n")
+    result = await reload(h)
+    assert not result.applied and result.errors and "invalid YAML" in result.errors[0]
+    await h.settle()
+    st = h.daemon.status()
+    assert st.state is State.RUNNING and h.runtime.launched == ["t1"]
+    assert st.config.revision == revision and st.config.rejected is not None
+    assert "config change rejected" in h.daemon.status_line()
+
+
+async def test_reloads_asked_while_a_check_runs_share_the_next_check(h: Harness) -> None:
+    from supervisor.daemon import ReloadRequest
+
+    await h.start()
+    await h.running()
+    checks = h.daemon.status().config.checks
+    loop = asyncio.get_running_loop()
+    replies: list[asyncio.Future[ReloadResult]] = [loop.create_future() for _ in range(3)]
+    for reply in replies:
+        h.daemon.post(ReloadRequest(reply))
+    await h.until(lambda: all(r.done() for r in replies), "three reload answers")
+    assert all(r.result().applied for r in replies)
+    # The first starts a check; the two asked while it ran share the one after it.
+    assert h.daemon.status().config.checks - checks == 2
+
+
+# ---- stop --------------------------------------------------------------------------------
+
+
+async def test_sigterm_stops_the_server_and_exits_0(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    h.signal(signal.SIGTERM)
+    await h.until(lambda: h.daemon.exit_code is not None, "exit")
+    assert h.daemon.exit_code == 0
+    assert h.runtime.live == set()
+    assert h.state == "STOPPED"
+
+
+async def test_stop_during_a_slow_launch_stops_the_launched_instance(h: Harness) -> None:
+    gate = asyncio.Event()
+    h.runtime.gate = gate
+    await h.start()
+    await h.until(lambda: h.state == "STARTING", "STARTING")
+    await h.settle()
+    h.signal(signal.SIGTERM)
+    await h.settle()
+    assert h.daemon.exit_code is None  # the launch is still in flight: nothing to stop yet
+    h.prober.in_flight = 1  # hold the stop in its drain, to look at the machine meanwhile
+    gate.set()
+    await h.until(lambda: h.runtime.live == {"t1"}, "the launch")
+    await h.settle()
+    st = h.daemon.status()
+    assert st.state is State.STOPPING and st.instance is not None and st.instance.id == "t1"
+    h.prober.in_flight = 0
+    await h.until(lambda: h.daemon.exit_code is not None, "exit")
+    assert h.daemon.exit_code == 0
+    assert h.runtime.launched == ["t1"]
+    assert h.runtime.terminated[0][0] == "t1"
+    assert h.runtime.live == set()
+    assert h.state == "STOPPED"
+
+
+async def test_config_change_during_a_slow_launch_restarts_after_it(h: Harness) -> None:
+    gate = asyncio.Event()
+    h.runtime.gate = gate
+    await h.start()
+    await h.until(lambda: h.state == "STARTING", "STARTING")
+    edit_config(h, CONFIG.replace("max_tokens: 16", "max_tokens: 32"))
+    await reload(h)
+    gate.set()
+    await h.until(lambda: len(h.runtime.launched) == 2 and h.state == "RUNNING", "RUNNING")
+    assert h.runtime.live == {"t2"} and h.runtime.launched_over_live == 0
+
+
+async def test_crash_during_a_drain_ends_the_drain_and_restarts(h: Harness) -> None:
+    h.prober.in_flight = 2
+    await h.start()
+    await h.running()
+    assert (await restart(h)).ok
+    await h.settle()
+    assert h.state == "STOPPING" and h.runtime.terminated == []  # draining: 2 in flight
+    h.runtime.crash()
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"], "relaunch")
+    h.prober.in_flight = 0
+    await h.running()
+    st = h.daemon.status()
+    assert st.drain.drains == 1 and st.drain.cut_off_requests == 2
+    assert st.restarts_by_reason == {RestartReason.OPERATOR: 1}
+    assert h.runtime.live == {"t2"}
+
+
+async def test_second_sigterm_forces_a_fast_exit(h: Harness) -> None:
+    h.prober.in_flight = 1  # a request that never finishes
+    await h.start()
+    await h.running()
+    h.signal(signal.SIGTERM)
+    await h.settle()
+    assert h.state == "STOPPING" and h.daemon.exit_code is None
+    h.signal(signal.SIGINT)
+    await h.until(lambda: h.daemon.exit_code is not None, "exit")
+    assert h.daemon.exit_code == 0
+    assert h.runtime.terminated == [("t1", FORCED_STOP_SECONDS)]
+    assert h.runtime.live == set()
+
+
+async def test_shutdown_past_its_deadline_is_forced(h: Harness) -> None:
+    h.prober.in_flight = 1
+    await h.start()
+    await h.running()
+    h.signal(signal.SIGTERM)
+    await h.settle()
+    s = h.settings
+    await h.tick(s.health.drain_timeout + s.server.stop_timeout + 5.1)
+    await h.until(lambda: h.daemon.exit_code is not None, "exit")
+    assert h.runtime.terminated == [("t1", FORCED_STOP_SECONDS)]
+
+
+async def test_on_stop_leave_exits_without_touching_the_server(tmp_path: Path) -> None:
+    from daemonkit import make_settings
+
+    from supervisor.settings import OnStop
+
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(update={"supervisor": settings.supervisor.model_copy(
+        update={"on_stop": OnStop.LEAVE})})
+    h = Harness(tmp_path, settings)
+    await h.start()
+    await h.running()
+    h.signal(signal.SIGTERM)
+    await h.until(lambda: h.daemon.exit_code is not None, "exit")
+    assert h.runtime.terminated == [] and h.runtime.live == {"t1"}
+    await h.close()
+
+
+# ---- failures ----------------------------------------------------------------------------
+
+
+async def test_crash_is_diagnosed_then_restarted_after_backoff(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    h.runtime.crash()
+    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
+    st = h.daemon.status()
+    assert st.last_failure is not None and st.last_failure.cause.value == "model-load-failed"
+    assert st.retry_in_seconds == 1.0 and st.uptime_seconds is None
+    await h.tick(1.0)
+    await h.running()
+    st = h.daemon.status()
+    assert h.runtime.launched == ["t1", "t2"]
+    assert st.restarts == 1 and st.restarts_by_reason == {RestartReason.CRASH: 1}
+
+
+async def test_instance_dying_before_its_launch_reports_back_is_still_a_crash(h: Harness
+                                                                             ) -> None:
+    h.runtime.die_at_start = True
+    await h.start()
+    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
+    assert h.runtime.live == set()
+    assert "exited" in (h.daemon.status().reason or "")
+
+
+async def test_launch_failure_backs_off_and_retries(h: Harness) -> None:
+    h.runtime.fail_next = "image 'localai' not found"
+    await h.start()
+    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
+    assert "image 'localai' not found" in (h.daemon.status().reason or "")
+    await h.tick(1.0)
+    await h.running()
+    assert h.daemon.status().restarts_by_reason == {RestartReason.LAUNCH_FAILURE: 1}
+
+
+async def test_hung_server_is_killed_fast_and_counted_as_a_hang(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    h.prober.alive = False
+    for _ in range(h.settings.health.failure_threshold):
+        await h.tick(h.settings.health.interval)
+    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
+    assert h.runtime.terminated[-1] == ("t1", 2.0)  # HUNG_STOP_SECONDS, not stop_timeout
+    h.prober.alive = True
+    await h.tick(1.0)
+    await h.running()
+    assert h.daemon.status().restarts_by_reason == {RestartReason.HANG: 1}
+
+
+# ---- the typed status --------------------------------------------------------------------
+
+
+def test_openapi_document_is_generated_from_the_models() -> None:
+    assert OPENAPI_FILE.read_text() == render_openapi(), (
+        "supervisor/openapi.json is stale: run `python -m supervisor.status`")
+
+
+async def test_status_answers_validate_against_the_openapi_document(h: Harness) -> None:
+    doc = json.loads(OPENAPI_FILE.read_text())
+    schema = {"$ref": "#/components/schemas/Status", "components": doc["components"]}
+    await h.start()
+    await h.running()
+    h.runtime.crash()
+    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
+    jsonschema.validate(h.daemon.status().model_dump(mode="json"), schema)
+
+
+# ---- random interleavings ----------------------------------------------------------------
+
+OPS = st.lists(st.sampled_from([
+    "start", "stop", "restart", "restart-force", "crash", "launch-fails", "launch-slow",
+    "release", "tick", "hang", "recover", "busy", "idle",
+]), min_size=1, max_size=25)
+
+
+async def _interleave(base: Path, ops: list[str]) -> None:
+    h = Harness(base)
+    gate: asyncio.Event | None = None
+    await h.start()
+    await h.settle()
+    for op in ops:
+        if op == "start":
+            h.daemon.post(Start("operator"))
+        elif op == "stop":
+            h.daemon.post(Stop("operator"))
+        elif op in ("restart", "restart-force"):
+            h.daemon.post(Restart("operator", force=op == "restart-force"))
+        elif op == "crash" and h.runtime.current is not None:
+            h.runtime.crash()
+        elif op == "launch-fails":
+            h.runtime.fail_next = "boom"
+        elif op == "launch-slow" and gate is None:
+            gate = h.runtime.gate = asyncio.Event()
+        elif op == "release" and gate is not None:
+            gate.set()
+            gate = None
+        elif op == "tick":
+            await h.tick(2.0)
+        elif op == "hang":
+            h.prober.alive = False
+        elif op == "recover":
+            h.prober.alive = True
+        elif op in ("busy", "idle"):
+            h.prober.in_flight = 1 if op == "busy" else 0  # busy: stops wait in their drain
+        await h.settle()
+        m = h.daemon.server.machine
+        assert h.runtime.launched_over_live == 0, "launched while another instance was alive"
+        assert len(h.runtime.live) <= 1
+        launch_pending = gate is not None and h.runtime.gate is None
+        if m.state in (State.STOPPED, State.BACKOFF, State.FATAL) and not launch_pending:
+            assert h.runtime.live == set(), f"{m.state} with a live instance"
+        if not launch_pending:
+            assert h.runtime.live <= {m.instance}, "a live instance the machine does not track"
+    if gate is not None:
+        gate.set()
+    h.prober.in_flight = 0
+    h.signal(signal.SIGTERM)
+    await h.until(lambda: h.daemon.exit_code is not None, "exit", wait=2.0)
+    assert h.runtime.live == set() and h.daemon.server.machine.state is State.STOPPED
+    await h.close()
+
+
+@hsettings(max_examples=150, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_random_interleavings_never_leave_an_untracked_instance(tmp_path: Path,
+                                                                ops: list[str]) -> None:
+    asyncio.run(_interleave(tmp_path, ops))
