@@ -49,6 +49,7 @@ _GGML_MAX_DIMS = 4
 _GGML_MAX_NAME = 64  # ggml refuses tensor names of this many bytes or more
 _INT64_MAX = (1 << 63) - 1
 _CHUNK = 64 * 1024
+_MAX_CHUNK = 4 * 1024 * 1024
 # Every this-many vocabulary entries the parser remembers a file offset, so a token's text is
 # found later by skipping at most this many entries instead of keeping the whole vocabulary.
 _TOKEN_MARK_STRIDE = 512
@@ -269,6 +270,7 @@ class _Source:
         self._raw_pos = 0
         self._buf = b""
         self._buf_at = 0  # file offset of _buf[0]
+        self._chunk = _CHUNK
 
     def error(self, message: str) -> GGUFError:
         return GGUFError(self.path, message)
@@ -371,9 +373,12 @@ class _Source:
                 f"reading the header needs more than {self.max_bytes} bytes "
                 f"(reading {self.context}), more than this reader accepts"
             )
-        want = min(max(need, _CHUNK), self.size - at, self.max_bytes - at, budget)
         if self._raw_pos != at:
+            if at < self._raw_pos:
+                self._chunk = _CHUNK  # jumping back (to one token): small reads again
             self._raw.seek(at)
+        want = min(max(need, self._chunk), self.size - at, self.max_bytes - at, budget)
+        self._chunk = min(self._chunk * 2, _MAX_CHUNK)
         parts = [keep]
         got = 0
         while got < want:
