@@ -563,3 +563,22 @@ def test_random_bytes_as_a_gguf_model_never_raise(config: Path, fuzz_models: Pat
     v = assert_validates(config, fuzz_models)
     if kind == "cut" and len(content) < len(real):
         assert v.pending and not v.errors
+
+
+def test_each_yaml_file_is_parsed_once(config: Path, models: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    config.write_text(CLEAN)
+    (models / "extra.yaml").write_text("name: extra\nbackend: whisper\n")
+    parsed: list[str] = []
+    real = yaml.SafeLoader.__init__
+
+    def counting(self: yaml.SafeLoader, stream: str) -> None:
+        parsed.append(stream[:20])
+        real(self, stream)
+
+    monkeypatch.setattr(yaml.SafeLoader, "__init__", counting)
+    for name in ("compose", "safe_load", "load"):
+        monkeypatch.setattr(yaml, name, lambda *a, n=name, **k: pytest.fail(f"yaml.{n} called"))
+    result = validate(config, models)
+    assert not result.errors, result.errors
+    assert len(parsed) == 2  # config.yaml and extra.yaml, one parse each
