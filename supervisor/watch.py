@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,42 @@ class ConfigFilter:
         if parent == self._config_dir and Path(path).name == self._config_name:
             return True
         return path == self._models_dir or path.startswith(self._models_dir + "/")
+
+
+def watch_dirs(config_file: Path, models_dir: Path) -> tuple[list[Path], list[Path]]:
+    """The directories to watch, each on its own: the config file's, and every directory of
+    the models tree (through symlinks, once each) that can be read. The second list is the
+    ones that cannot: skipped, so one unreadable directory never blinds the rest."""
+    dirs: list[Path] = []
+    unreadable: list[Path] = []
+    config_dir = config_file.parent.absolute()
+    if config_dir.is_dir():
+        dirs.append(config_dir)
+    seen: set[tuple[int, int]] = set()
+
+    def refused(err: OSError) -> None:
+        if isinstance(err, PermissionError) and err.filename:
+            unreadable.append(Path(err.filename))
+
+    top = models_dir.absolute()
+    for current, subdirs, _ in os.walk(top, onerror=refused, followlinks=True):
+        ident = _identity(Path(current))
+        if ident is None or ident in seen:
+            subdirs[:] = []  # a symlink loop, or a directory reached twice
+            continue
+        seen.add(ident)
+        try:
+            os.listdir(current)
+        except OSError:
+            continue
+        if Path(current) != config_dir:
+            dirs.append(Path(current))
+    return dirs, sorted(set(unreadable))
+
+
+def _touches_a_directory(paths: set[str], watched: set[str]) -> bool:
+    """Did a change concern a directory (created, removed, its mode changed)?"""
+    return any(p in watched or os.path.isdir(p) for p in paths)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -68,6 +105,7 @@ class Watcher:
 
     async def run(self) -> None:
         watch_filter = ConfigFilter(self._config_file, self._models_dir)
+        reported: tuple[str, ...] = ()
         while not self._stop.is_set():
             roots = [r for r in self._roots() if r.is_dir()]
             missing = [r for r in self._roots() if not r.is_dir()]
@@ -78,14 +116,28 @@ class Watcher:
             if not roots:
                 await self._sleep(2.0)
                 continue
+            dirs, unreadable = await asyncio.to_thread(
+                watch_dirs, self._config_file, self._models_dir)
+            if tuple(map(str, unreadable)) != reported:
+                reported = tuple(map(str, unreadable))
+                if unreadable:
+                    log.warning("watch.unreadable", paths=list(reported),
+                                action="watching everything else; changed permissions are "
+                                "noticed and the directory is watched from then on")
             try:
                 async for changes in awatch(
-                    *roots, watch_filter=watch_filter, step=self._step,
-                    debounce=self._debounce, stop_event=self._stop, recursive=True,
+                    *dirs, watch_filter=watch_filter, step=self._step,
+                    debounce=self._debounce, stop_event=self._stop, recursive=False,
                     rust_timeout=2000, yield_on_timeout=True,
                 ):
                     if changes:
-                        self._on_change({p for _, p in changes})
+                        paths = {p for _, p in changes}
+                        self._on_change(paths)
+                        # A directory appeared, went, or changed its permissions: watch the
+                        # tree as it is now (each directory is watched on its own).
+                        watched = set(map(str, dirs))
+                        if await asyncio.to_thread(_touches_a_directory, paths, watched):
+                            break
                     # A missing root appeared: restart the watch to include it.
                     if missing and any(m.is_dir() for m in missing):
                         self._on_change({str(m) for m in missing})
@@ -99,7 +151,9 @@ class Watcher:
                         self._on_change({str(r) for r in moved})
                         break
             except (OSError, RuntimeError) as exc:
-                log.warning("watch.error", error=str(exc), action="restarting the watch in 1s")
+                # A directory went away between the walk and the watch, or similar: the
+                # next walk sees the tree as it is.
+                log.warning("watch.error", error=str(exc), action="watching again in 1s")
                 await self._sleep(1.0)
 
     async def _sleep(self, seconds: float) -> None:

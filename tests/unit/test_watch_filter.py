@@ -85,3 +85,46 @@ def test_config_inside_the_models_dir(tmp_path: Path) -> None:
     assert f(Change.modified, str(tmp_path / "config.yaml"))
     assert f(Change.added, str(tmp_path / "a.gguf"))
     assert not f(Change.added, str(tmp_path / "a.gguf.part"))
+
+
+# ---- watch_dirs: what is watched, each directory on its own -----------------------------
+
+
+def test_watch_dirs_lists_the_config_dir_and_the_models_tree(tmp_path: Path) -> None:
+    from supervisor.watch import watch_dirs
+
+    config = tmp_path / "etc" / "config.yaml"
+    config.parent.mkdir()
+    (tmp_path / "etc" / "unrelated").mkdir()  # the config dir is not watched recursively
+    models = tmp_path / "models"
+    (models / "a" / "b").mkdir(parents=True)
+    (models / "link").symlink_to(models / "a")  # reached twice: watched once
+    (models / "a" / "loop").symlink_to(models)  # a loop: not followed forever
+    dirs, unreadable = watch_dirs(config, models)
+    assert dirs[:2] == [config.parent, models]
+    # Each directory once, by whichever path the walk met it first.
+    assert sorted(d.resolve() for d in dirs[2:]) == [models / "a", models / "a" / "b"]
+    assert unreadable == []
+
+
+def test_watch_dirs_skips_and_reports_what_cannot_be_read(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import os
+
+    from supervisor.watch import watch_dirs
+
+    models = tmp_path / "models"
+    (models / "secret" / "inner").mkdir(parents=True)
+    (models / "open").mkdir()
+    real = os.scandir
+
+    def scandir(path: str) -> object:  # as an unprivileged user would see it (tests run as root)
+        if str(path).endswith("secret"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    dirs, unreadable = watch_dirs(tmp_path / "config.yaml", models)
+    assert models / "open" in dirs and models / "secret" not in dirs
+    assert unreadable == [models / "secret"]
