@@ -92,7 +92,7 @@ def render(result: CheckResult, strict: bool, as_json: bool) -> str:
     code = result.exit_code(strict)
     verdict = {EXIT_OK: "ok", EXIT_WARNINGS: "warnings (--strict)",
                EXIT_ERRORS: "FAILED: the supervisor would not apply this"}[code]
-    count = len(v.models.names) if v.models else "?"
-    lines.append(f"{result.config}: {count} model(s), {len(v.errors)} error(s), "
+    models = f"{len(v.models.names)} model(s), " if v.models else ""
+    lines.append(f"{result.config}: {models}{len(v.errors)} error(s), "
                  f"{len(v.warnings)} warning(s), {len(v.pending)} pending: {verdict}")
     return "\n".join(lines)

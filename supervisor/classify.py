@@ -22,6 +22,10 @@ class Cause(StrEnum):
     MODEL_FILE_MISSING = "model-file-missing"
     MODEL_LOAD_FAILED = "model-load-failed"
     KILLED = "killed"
+    # SIGTERM or a clean exit nobody asked for: the container engine's own shutdown, or a
+    # person (docker stop, kill).
+    STOPPED = "stopped"
+    ENGINE_OUTAGE = "engine-outage"
     CRASHED = "crashed"
     UNKNOWN = "unknown"
 
@@ -71,8 +75,14 @@ _RULES: tuple[tuple[Cause, re.Pattern[str], str], ...] = (
 )
 
 
-def diagnose(exit_code: int | None, oom_killed: bool, log_lines: Sequence[str]) -> Diagnosis:
+def diagnose(exit_code: int | None, oom_killed: bool, log_lines: Sequence[str],
+             *, outage: bool = False) -> Diagnosis:
     """The likeliest cause of a failure, most specific evidence first."""
+    if outage:
+        return Diagnosis(Cause.ENGINE_OUTAGE, "the container engine went away and the server "
+                         "stopped with it (an engine restart without live-restore); it is "
+                         "started again when the engine is back, not counted as a failure",
+                         f"found stopped after the engine came back (exit code {exit_code})")
     if oom_killed:
         return Diagnosis(Cause.OOM_KILLED, "the kernel OOM killer stopped the server: the models "
                          "need more RAM than it may use; lower context_size, serve one model "
@@ -81,6 +91,10 @@ def diagnose(exit_code: int | None, oom_killed: bool, log_lines: Sequence[str]) 
         for line in reversed(log_lines):
             if pattern.search(line):
                 return Diagnosis(cause, hint, line.strip()[:300])
+    if exit_code in (143, -15, 0):
+        return Diagnosis(Cause.STOPPED, "stopped on request (SIGTERM or a clean exit) by "
+                         "someone other than the supervisor: the container engine shutting "
+                         "down, docker stop, or a kill", f"exit code {exit_code}")
     if exit_code is not None and (exit_code == 137 or exit_code == -9):
         return Diagnosis(Cause.KILLED, "killed with SIGKILL (by a person, a watchdog, or the "
                          "OOM killer without a record)", f"exit code {exit_code}")

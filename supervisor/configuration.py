@@ -39,6 +39,8 @@ from .watch import Observation, unsettled
 log = structlog.get_logger("supervisor.config")
 
 RECHECK_SECONDS = 1.0
+# A file still incomplete and unchanged in size this long: say that the copy seems stopped.
+STALLED_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Checked:
     spec: ServerSpec | None = None
     dropped: tuple[tuple[str, tuple[str, ...]], ...] = ()
     spec_error: str | None = None
+    # Size of each pending (incomplete) file, to tell a copy in progress from a stopped one.
+    pending_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 def check(settings: Settings, engine: EngineAdapter) -> Checked:
@@ -65,7 +69,13 @@ def check(settings: Settings, engine: EngineAdapter) -> Checked:
             srv.model_config_file, f"validation failed: {type(exc).__name__}: {exc}",
             code="internal"),), ()))
     if result.models is None:
-        return Checked(result)
+        sizes = {}
+        for p in result.pending:
+            try:
+                sizes[str(p.path)] = p.path.stat().st_size
+            except OSError:
+                continue
+        return Checked(result, pending_sizes=sizes)
     stats: dict[str, tuple[int, int]] = {}
     models_of: dict[str, str] = {}
     for f in result.models.files:
@@ -140,6 +150,9 @@ class ConfigOwner:
         self._task: asyncio.Task[None] | None = None
         self._checks = 0
         self._last: tuple[CheckOutcome, float] | None = None
+        # Pending file -> (size, when first seen at that size), and which were said stalled.
+        self._sizes: dict[str, tuple[int, float]] = {}
+        self._stalled: set[str] = set()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -222,6 +235,7 @@ class ConfigOwner:
                                 f"{self.settings.watch.settle_seconds:g}s (still being written?)")
                         for p in changing]
         if pending or v.models is None or checked.spec is None:
+            pending = self._note_stalls(pending, checked.pending_sizes)
             self._wait_for(pending, keeping)
             return CheckOutcome.PENDING, ReloadResult(
                 applied=False, restarting=False,
@@ -246,6 +260,28 @@ class ConfigOwner:
         return CheckOutcome.APPLIED, ReloadResult(applied=True, restarting=True,
                                              revision=models.revision)
 
+    def _note_stalls(self, pending: list[Pending], sizes: Mapping[str, int]) -> list[Pending]:
+        """A pending file whose size stays the same for minutes: the copy may have died."""
+        now = self._clock()
+        self._sizes = {path: (size, self._sizes[path][1] if self._sizes.get(path, (-1,))[0]
+                              == size else now) for path, size in sizes.items()}
+        out = []
+        for p in pending:
+            seen = self._sizes.get(str(p.path))
+            still = now - seen[1] if seen is not None else 0.0
+            if still >= STALLED_SECONDS:
+                p = Pending(p.model, p.path, f"{p.reason}; its size has not changed for "
+                            f"{still / 60:.0f} min: the copy seems to have stopped (the file "
+                            "is used as soon as it is complete)")
+                if str(p.path) not in self._stalled:
+                    self._stalled.add(str(p.path))
+                    log.warning("config.pending_stalled", model=p.model, file=str(p.path),
+                                size=seen[0] if seen else None, seconds=round(still),
+                                action="still waiting for it; nothing restarted")
+            out.append(p)
+        self._stalled &= {str(p.path) for p in pending}
+        return out
+
     def _report_warnings(self, result: Validation) -> None:
         """Log lint warnings once per distinct set, not on every re-check."""
         warnings = tuple(str(w) for w in result.warnings)
@@ -269,12 +305,19 @@ class ConfigOwner:
                         "template and stop tokens)")
 
     def _reject(self, problems: list[Problem], keeping: str) -> None:
-        self._rejection = _Rejection(self._wall(), problems)
+        errors = [str(p) for p in problems]
+        same = self._rejection is not None and [
+            str(p) for p in self._rejection.problems] == errors
         self._pending = []
-        for p in problems:
-            log.error("config.rejected", file=str(p.file), line=p.line, column=p.column,
-                      field=p.field, error=p.message, hint=p.hint, action=keeping)
-        self._journal.note("config.rejected", "; ".join(str(p) for p in problems))
+        if same:
+            return  # the same files checked again (a touch, a re-check): nothing new to say
+        self._rejection = _Rejection(self._wall(), problems)
+        first = problems[0]
+        # One event per rejected change: the first error's place as fields, all of them listed.
+        log.error("config.rejected", file=str(first.file), line=first.line,
+                  column=first.column, field=first.field, error=first.message,
+                  hint=first.hint, errors=errors, action=keeping)
+        self._journal.note("config.rejected", "; ".join(errors))
 
     def _wait_for(self, pending: list[Pending], keeping: str) -> None:
         """Files still being copied: apply nothing yet, look again in a second."""

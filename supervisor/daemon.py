@@ -31,12 +31,13 @@ from .configuration import ConfigApplied, ConfigOwner, Validated, check
 from .effects import DRAIN_POLL_SECONDS, EffectWorker, FindDone, LaunchDone, TerminateDone
 from .engines import engine_for
 from .health import Prober, Probing
-from .models import ModelProbed, ModelRestarted, ModelsOwner, Smoked
+from .models import ModelProbed, ModelRestarted, ModelRestored, ModelsOwner, Smoked
 from .notify import Notifier
 from .policy import Escalate, Restart, Start, Stop
 from .runtime import (
     InstanceExited,
     InstanceHealth,
+    InstancePaused,
     Runtime,
     RuntimeConnection,
     make_runtime,
@@ -156,6 +157,7 @@ class Daemon:
             InstanceExited: self.server.on_exited,
             Diagnosed: self.server.on_diagnosed,
             InstanceHealth: self.server.on_health,
+            InstancePaused: self.server.on_paused,
             RuntimeConnection: self.server.on_connection,
             Probed: self._on_probed,
             ProbeCycleDone: self.server.on_cycle_done,
@@ -168,6 +170,7 @@ class Daemon:
             Restart: self.server.feed,
             ModelProbed: self.models.on_probed,
             ModelRestarted: self.models.on_restarted,
+            ModelRestored: self.models.on_restored,
             Smoked: self.models.on_smoked,
             FilesChanged: self._on_files_changed,
             ReloadRequest: self._on_reload,

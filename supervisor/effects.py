@@ -22,8 +22,9 @@ from .spec import ServerSpec, write_rendered
 
 log = structlog.get_logger("supervisor.effects")
 
-# A hung server answers no graceful stop: waiting the full stop timeout only prolongs the outage.
-HUNG_STOP_SECONDS = 2.0
+# A hung server answers no graceful stop: waiting for one only prolongs the outage, so it is
+# killed at once.
+HUNG_STOP_SECONDS = 0.0
 # After a second SIGTERM/SIGINT: as fast as the runtime can kill.
 FORCED_STOP_SECONDS = 1.0
 DRAIN_POLL_SECONDS = 0.25
@@ -70,10 +71,12 @@ class FindDone:
 
 @dataclass(frozen=True)
 class LaunchDone:
-    """Exactly one of ``instance`` / ``error``."""
+    """Exactly one of ``instance`` / ``error``; for an error, the runtime's verdict on it."""
 
     instance: Instance | None
     error: str | None = None
+    permanent: bool = False
+    engine_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,10 @@ class EffectWorker:
             try:
                 await asyncio.to_thread(write_rendered, effect.spec, effect.rendered_dir)
                 return LaunchDone(await self._runtime.launch(effect.spec))
-            except (LaunchError, OSError) as exc:
-                return LaunchDone(None, str(exc))
+            except LaunchError as exc:
+                return LaunchDone(None, str(exc), exc.permanent, exc.engine_down)
+            except OSError as exc:
+                return LaunchDone(None, f"cannot write the rendered files: {exc}")
         return await self._terminate(effect)
 
     async def _terminate(self, effect: Terminate) -> TerminateDone:

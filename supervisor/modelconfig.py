@@ -9,9 +9,11 @@ with errors is never applied; one whose model files are still being copied is *p
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -283,12 +285,31 @@ def _read_sources(path: Path, *, required: bool) -> tuple[list[_Source], list[Pr
     return out, []
 
 
-def _is_file(path: Path) -> bool:
-    """is_file() that treats a name the file system refuses (too long, …) as absent."""
+def _not_a_model_file(path: Path, models_dir: Path, rel: str) -> tuple[str, str, str | None] | None:
+    """Why ``path`` cannot be a model file, as (message, code, hint); None when it can be
+    read. Each way of being unusable says so: a loop is not a missing file."""
     try:
-        return path.is_file()
-    except OSError:
-        return False
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return (f"{rel!r} is a symlink loop", "symlink-loop",
+                    "point the link at the model file itself")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return (f"{rel!r} cannot be reached: permission denied on a directory on its way",
+                    "unreadable", "let the supervisor's user (and the server's) traverse it")
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            return (f"{rel!r} is a symlink to something that does not exist", "dangling-link",
+                    None)
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            return f"{rel!r} does not exist in {models_dir}", "missing-file", None
+        return f"{rel!r} cannot be read: {exc.strerror}", "unreadable", None
+    if not stat.S_ISREG(st.st_mode):
+        return f"{rel!r} is not a regular file", "not-a-file", None
+    if not os.access(path, os.R_OK):
+        return (f"{rel!r} is not readable by the supervisor (mode "
+                f"{stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid})", "unreadable",
+                "make it readable by the supervisor's user and the server's")
+    return None
 
 
 def _models_dir_yamls(models_dir: Path, config_file: Path) -> list[Path]:
@@ -462,10 +483,10 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
                 problems.append(Problem(src.file, f"{rel!r} is a temporary name (a copy in "
                                         "progress?)", line=line, field=where, code="temp-name",
                                         model=entry.name, hint="point at the final file name"))
-            elif not _is_file(target):
-                problems.append(Problem(src.file, f"{rel!r} does not exist in {models_dir}",
-                                        line=line, field=where, code="missing-file",
-                                        model=entry.name))
+            elif (bad := _not_a_model_file(target, models_dir, rel)) is not None:
+                message, code, hint = bad
+                problems.append(Problem(src.file, message, line=line, field=where, code=code,
+                                        model=entry.name, hint=hint))
             else:
                 result = _inspect(entry, target)
                 if isinstance(result, Pending):

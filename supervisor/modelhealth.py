@@ -3,13 +3,15 @@
 With one active backend (LocalAI's single active backend, llama-server's --models-max 1),
 asking an unloaded model for anything swaps it in: slow, and it evicts the model users are
 talking to. So loaded models are probed freely (llama-server: with autoload off, so even a
-race cannot load anything), and unloaded ones only once the server has been idle long
-enough, or never.
+race cannot load anything). An unloaded model's ability to load is tested once per revision
+of its config entry and file, only after the server has been idle long enough (or never);
+the caller then restores what was loaded before. A model already failing is probed again
+until its failure is resolved either way (restarted, escalated, or given up).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -58,6 +60,7 @@ class ModelHealth:
 @dataclass(frozen=True)
 class ProbeModel:
     name: str
+    # The probe may load the model: a load test of an unloaded one (a swap).
     allow_load: bool
     timeout: float
 
@@ -91,8 +94,10 @@ def due(
     idle_for: float | None,
     now: float,
     rules: ProbeRules,
+    load_tested: Collection[str] = (),
 ) -> list[ProbeModel]:
-    """Models to probe now. At most one unloaded model per call: each one is a swap."""
+    """Models to probe now. At most one unloaded model per call: each one is a swap, and
+    one that loaded fine for its current revision (``load_tested``) is not swapped in again."""
     out: list[ProbeModel] = []
     unloaded_taken = False
     for name, h in sorted(health.items()):
@@ -107,7 +112,8 @@ def due(
         elif state == LoadState.LOADING:
             continue
         elif (rules.unloaded is UnloadedPolicy.WHEN_IDLE and not unloaded_taken
-              and idle_for is not None and idle_for >= rules.idle_seconds):
+              and idle_for is not None and idle_for >= rules.idle_seconds
+              and (name not in load_tested or h.state is ModelState.FAILING)):
             unloaded_taken = True
             out.append(ProbeModel(name, allow_load=True, timeout=rules.load_timeout))
     return out

@@ -9,6 +9,7 @@ smoke checks run as tasks that report back; only this owner turns their answers 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 from collections import deque
@@ -37,6 +38,18 @@ PROBE_WORK = 2.0
 SMOKE_PROMPT = "Say hello in one short sentence."
 
 
+def model_keys(models: ModelSet) -> dict[str, str]:
+    """Each model's config entry and file, as one key: a load test holds while it is equal."""
+    files = {f.name: f for f in models.files}
+    out = {}
+    for entry in models.entries:
+        f = files.get(entry.name)
+        raw = entry.model_dump_json(exclude_none=True) + (f"{f.relpath}:{f.size}:"
+                                                          f"{f.fingerprint}" if f else "")
+        out[entry.name] = hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return out
+
+
 def probe_rules_from(settings: Settings) -> mh.ProbeRules:
     h = settings.health
     return mh.ProbeRules(
@@ -56,8 +69,22 @@ class ModelProbed:
     name: str
     ok: bool
     detail: str
-    # autoload=false refused: the model was unloaded since we looked; not a failure.
+    # Says nothing about the model's health: autoload=false refused (it was unloaded since
+    # we looked), or it timed out while the model was visibly working (busy, not hung).
     skipped: bool = False
+    # A load test of an unloaded model: what was loaded before it is restored afterwards.
+    load_test: bool = False
+    restore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelRestored:
+    token: str
+    name: str
+    ok: bool
+    detail: str
+    # The last of the restore: the next load test may start.
+    last: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,6 +139,11 @@ class ModelsOwner:
         self._samples: deque[tuple[float, float | None, int | None]] = deque(maxlen=512)
         self._own_work = 0.0
         self._model_restarts = 0
+        # Model -> key of its config entry and file; the keys whose load test passed.
+        self._keys: dict[str, str] = {}
+        self._load_tested: dict[str, str] = {}
+        # A load test (or the restore after it) is under way: one swap at a time.
+        self._swapping = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- inputs from other owners --------------------------------------------------------
@@ -121,13 +153,18 @@ class ModelsOwner:
         self._rules = probe_rules_from(settings)
 
     def configure(self, models: ModelSet, ggufs: Mapping[str, GGUFInfo]) -> None:
-        """A new configuration deserves a fresh start for every model, FAILED ones included."""
+        """A new configuration deserves a fresh start for every model, FAILED ones included;
+        a load test that passed stays valid while the model's entry and file are the same."""
         self._models = models
         self._ggufs = ggufs
         self._records = {name: _Record(mh.ModelHealth(name)) for name in models.names}
+        self._keys = model_keys(models)
+        self._load_tested = {n: k for n, k in self._load_tested.items()
+                             if self._keys.get(n) == k}
 
     def serving_changed(self, token: str | None, serving: bool) -> None:
         if token != self._token:
+            self._swapping = False
             # A new instance (or none): what the old one had loaded is gone with it.
             names = self._models.names if self._models else ()
             fresh = mh.reset(names, {n: r.health for n, r in self._records.items()})
@@ -167,15 +204,19 @@ class ModelsOwner:
             return
         token = self._token
         self._schedule_smoke(token, now)
-        idle = mh.idle_for(list(self._samples), now, PROBE_WORK)
+        idle = None if self._swapping else mh.idle_for(list(self._samples), now, PROBE_WORK)
         health = {n: r.health for n, r in self._records.items() if not r.busy}
         loaded = {n: r.load for n, r in self._records.items()}
-        for probe in mh.due(health, loaded, idle, now, self._rules):
+        for probe in mh.due(health, loaded, idle, now, self._rules, self._load_tested):
             rec = self._records[probe.name]
             self._records[probe.name] = replace(
                 rec, busy=True, health=mh.probe_started(rec.health, now))
             self._own_work += PROBE_WORK
-            self._spawn(self._probe(token, probe))
+            # A load test swaps the model in: put back what was loaded before, afterwards.
+            restore = tuple(n for n, state in loaded.items()
+                            if state is LoadState.LOADED) if probe.allow_load else ()
+            self._swapping = self._swapping or probe.allow_load
+            self._spawn(self._probe(token, probe, restore))
 
     def _schedule_smoke(self, token: str, now: float) -> None:
         every = self._settings.health.smoke_interval
@@ -190,18 +231,41 @@ class ModelsOwner:
 
     # -- tasks (effects only: they post what they found) ---------------------------------
 
-    async def _probe(self, token: str, probe: mh.ProbeModel) -> None:
+    async def _probe(self, token: str, probe: mh.ProbeModel, restore: tuple[str, ...]) -> None:
+        name = probe.name
         embeddings = any(e.embeddings for e in (self._models.entries if self._models else ())
-                         if e.name == probe.name)
-        call = self._engine.probe_call(probe.name, embeddings, allow_load=probe.allow_load)
+                         if e.name == name)
+        call = self._engine.probe_call(name, embeddings, allow_load=probe.allow_load)
+        # How much the model has done so far: a timeout while it keeps working is "busy".
+        before = None if probe.allow_load else (await self._prober.activity([name])).work
         status, text = await self._prober.call(call, probe.timeout)
         if status == 200:
-            self._post(ModelProbed(token, probe.name, True, ""))
-        elif status == 400 and "not loaded" in text:
-            self._post(ModelProbed(token, probe.name, False, text[:200], skipped=True))
-        else:
-            detail = f"HTTP {status}: {text[:300]}" if status else text
-            self._post(ModelProbed(token, probe.name, False, detail))
+            self._post(ModelProbed(token, name, True, "", load_test=probe.allow_load,
+                                   restore=restore))
+            return
+        if status == 400 and "not loaded" in text:
+            self._post(ModelProbed(token, name, False, text[:200], skipped=True))
+            return
+        detail = f"HTTP {status}: {text[:300]}" if status else text
+        if status == 0 and before is not None:
+            after = (await self._prober.activity([name])).work
+            if after is not None and after > before:
+                self._post(ModelProbed(token, name, False, f"busy, not hung: {detail} while "
+                                       f"it decoded {after - before:g} more batch(es)",
+                                       skipped=True))
+                return
+        self._post(ModelProbed(token, name, False, detail, load_test=probe.allow_load,
+                               restore=restore))
+
+    async def _restore(self, token: str, names: tuple[str, ...], after: str) -> None:
+        """Load again what a load test of ``after`` swapped out (one request each)."""
+        for i, name in enumerate(names):
+            call = self._engine.probe_call(name, False, allow_load=True)
+            status, text = await self._prober.call(call, self._rules.load_timeout)
+            self._post(ModelRestored(token, name, status == 200,
+                                     f"after the load test of {after}" if status == 200
+                                     else f"HTTP {status}: {text[:200]}",
+                                     last=i == len(names) - 1))
 
     async def _smoke(self, token: str, name: str) -> None:
         limit = self._settings.health.smoke_max_tokens
@@ -244,9 +308,38 @@ class ModelsOwner:
         self._records[msg.name] = replace(rec, busy=False)
         # An answer from an instance that is no longer serving (being stopped, or gone) says
         # nothing about the model.
-        if msg.token != self._token or not self._serving or msg.skipped:
+        if msg.token != self._token or not self._serving:
+            self._swapping = self._swapping and not msg.load_test
             return
+        if msg.skipped:
+            log.debug("probe.skipped", probe="model", model=msg.name, detail=msg.detail)
+            return
+        if msg.load_test:
+            if msg.ok:
+                # It answered, so it is loaded now (the next readiness answer will say so).
+                self._records[msg.name] = replace(self._records[msg.name],
+                                                  load=LoadState.LOADED)
+            if msg.ok and msg.name in self._keys:
+                self._load_tested[msg.name] = self._keys[msg.name]
+                log.info("model.load_tested", model=msg.name,
+                         action="not swapped in by probes again until its config entry or "
+                         "file changes" + (f"; restoring {', '.join(msg.restore)}"
+                                           if msg.restore else ""))
+            if msg.restore:
+                self._spawn(self._restore(msg.token, msg.restore, msg.name))
+            else:
+                self._swapping = False
         self._judge(msg)
+
+    def on_restored(self, msg: ModelRestored) -> None:
+        self._swapping = self._swapping and not msg.last
+        if msg.token == self._token and msg.ok and msg.name in self._records:
+            self._records[msg.name] = replace(self._records[msg.name], load=LoadState.LOADED)
+        if msg.ok:
+            log.info("model.restored", model=msg.name, reason=msg.detail)
+        else:
+            log.warning("model.restore_failed", model=msg.name, error=msg.detail,
+                        action="left unloaded; the next request for it loads it")
 
     def _judge(self, msg: ModelProbed) -> None:
         rec = self._records[msg.name]

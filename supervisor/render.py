@@ -36,9 +36,15 @@ def render_status(st: Status, tty: bool) -> str:
     ]
     if st.retry_in_seconds is not None:
         rows.append(("retry in", fmt_seconds(st.retry_in_seconds)))
+    if st.recent_failures:
+        rows.append(("failures", f"{st.recent_failures} recently"
+                     + (" (crash-looping; still restarted)" if st.crash_looping else "")))
     if cfg.rejected:
         rows.append(("REJECTED", "latest config change not applied:"))
         rows.extend(("", err) for err in cfg.rejected.errors)
+    if cfg.pending:
+        rows.append(("PENDING", "waiting for model files to be complete:"))
+        rows.extend(("", f"{p.model}: {p.file}: {p.reason}") for p in cfg.pending)
     sep = "\t"
     width = max(len(k) for k, _ in rows)
     lines = [f"{key:<{width}}  {value}" if tty else f"{key}{sep}{value}" for key, value in rows]

@@ -33,12 +33,15 @@ from .policy import (
     Action,
     Adopted,
     Announce,
+    EngineDown,
+    EngineUp,
     Event,
     Exited,
     Intent,
     Launched,
     LaunchFailed,
     Machine,
+    Paused,
     ProbeResult,
     Restart,
     Rules,
@@ -51,7 +54,7 @@ from .policy import (
 )
 from .policy import Launch as LaunchAction
 from .policy import Terminate as TerminateAction
-from .runtime import Instance, InstanceExited, InstanceHealth, RuntimeConnection
+from .runtime import Instance, InstanceExited, InstanceHealth, InstancePaused, RuntimeConnection
 from .settings import Settings
 from .spec import ServerSpec, rendered_dir
 from .status import DrainStatus, FailureStatus, InstanceStatus, Journal, ServerSnapshot
@@ -61,7 +64,7 @@ log = structlog.get_logger("supervisor")
 
 STARTING_PROBE_SECONDS = 0.5
 # A failing server is re-asked this often: a hung server is an outage while we wait.
-FAILING_PROBE_SECONDS = 1.0
+FAILING_PROBE_SECONDS = 0.5
 LOG_LINES_FOR_DIAGNOSIS = 80
 
 
@@ -106,6 +109,8 @@ class ProbeCycleDone:
 class Diagnosed:
     exited: InstanceExited
     diagnosis: Diagnosis
+    # The state the exit led to, for the log line.
+    then: State
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class ServingChanged:
 
 class ServerOwner:
     def __init__(self, settings: Settings, effects: EffectWorker, prober: Probing,
-                 logs: Callable[[int], Awaitable[list[str]]],
+                 logs: Callable[[int, InstanceExited | None], Awaitable[list[str]]],
                  post: Callable[[Any], None], notify: Callable[[Any], None], journal: Journal,
                  clock: Callable[[], float], *, wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
@@ -184,6 +189,8 @@ class ServerOwner:
         if decision.ignored:
             return
         m = self.machine
+        if m.restarts > before.restarts and before.launching is not None:
+            self._restarts_by_reason[before.launching] += 1
         if before.state is not m.state:
             log.info("server.state", old=before.state.value, new=m.state.value,
                      trigger=type(event).__name__, reason=m.last_reason)
@@ -201,8 +208,6 @@ class ServerOwner:
     def _perform(self, action: Action) -> None:
         if isinstance(action, LaunchAction):
             assert self._spec is not None
-            if action.restart is not None:
-                self._restarts_by_reason[action.restart] += 1
             self._submit(Launch(self._spec, rendered_dir(self._settings), action.reason))
         elif isinstance(action, TerminateAction):
             drain = self._settings.health.drain_timeout if action.drain else 0.0
@@ -241,9 +246,12 @@ class ServerOwner:
     def on_launched(self, msg: LaunchDone) -> None:
         self._effects_pending -= 1
         if msg.instance is None:
-            log.error("server.launch_failed", error=msg.error,
-                      action="backing off before the next attempt")
-            self.feed(LaunchFailed(msg.error or "unknown", self._rand()))
+            action = ("waiting for the container engine" if msg.engine_down else
+                      "giving up: retrying cannot help (FATAL)" if msg.permanent else
+                      "retrying")
+            log.error("server.launch_failed", error=msg.error, action=action)
+            self.feed(LaunchFailed(msg.error or "unknown", self._rand(),
+                                   permanent=msg.permanent, engine_down=msg.engine_down))
             return
         inst = msg.instance
         spec = self._spec
@@ -286,7 +294,8 @@ class ServerOwner:
     # -- runtime events ------------------------------------------------------------------
 
     def on_exited(self, msg: InstanceExited) -> None:
-        """The runtime saw an instance die; read its log (off the loop), then decide."""
+        """The runtime saw an instance die: decide (relaunch) at once, and read its log to
+        name the cause alongside, off the critical path."""
         m = self.machine
         if msg.token != m.instance:
             if m.state is State.STARTING and m.instance is None:
@@ -296,23 +305,31 @@ class ServerOwner:
         if m.state is State.STOPPING:
             self._effects.abort_drain()  # nothing left to drain: it is gone
             return
-        self._spawn(self._diagnose(msg))
+        self.feed(Exited(msg.token, msg.reason, self._rand(), outage=msg.outage))
+        self._spawn(self._diagnose(msg, self.machine.state))
 
-    async def _diagnose(self, exited: InstanceExited) -> None:
+    async def _diagnose(self, exited: InstanceExited, then: State) -> None:
         try:
-            lines = await asyncio.wait_for(self._read_logs(LOG_LINES_FOR_DIAGNOSIS), 5)
+            lines = await asyncio.wait_for(self._read_logs(LOG_LINES_FOR_DIAGNOSIS, exited), 5)
         except (TimeoutError, OSError):
             lines = []
-        self._post(Diagnosed(exited, diagnose(exited.exit_code, exited.oom_killed, lines)))
+        self._post(Diagnosed(exited, diagnose(exited.exit_code, exited.oom_killed, lines,
+                                              outage=exited.outage), then))
 
     def on_diagnosed(self, msg: Diagnosed) -> None:
         d = msg.diagnosis
         self._last_failure = d
+        what = {State.STARTING: "relaunched at once", State.BACKOFF: "relaunching after a "
+                "backoff", State.WAITING: "relaunching once the container engine is back",
+                State.FATAL: "gave up (FATAL)"}.get(msg.then, f"now {msg.then.value}")
         log.warning("server.exited", reason=msg.exited.reason, cause=d.cause.value,
-                    hint=d.hint, evidence=d.evidence, state=self.machine.state.value,
-                    action="treated as a failure: restart with backoff")
-        self.feed(Exited(msg.exited.token, f"{msg.exited.reason} ({d.cause.value})",
-                         self._rand()))
+                    hint=d.hint, evidence=d.evidence, action=what)
+        self._journal.note("server.exited", f"{msg.exited.reason}: {d.cause.value}")
+
+    def on_paused(self, msg: InstancePaused) -> None:
+        log.warning("container.paused", state=self.machine.state.value,
+                    action="treated as hung: killed and relaunched now")
+        self.feed(Paused(msg.token, self._rand()))
 
     def on_health(self, msg: InstanceHealth) -> None:
         if not msg.healthy:
@@ -324,10 +341,14 @@ class ServerOwner:
     def on_connection(self, msg: RuntimeConnection) -> None:
         self._runtime_connected = msg.connected
         if msg.connected:
-            log.info("runtime.reconnected", detail=msg.detail)
+            log.info("runtime.reconnected", detail=msg.detail,
+                     action="re-checked the container; starting it if it is not running")
+            self.feed(EngineUp(msg.detail))
         else:
             log.error("runtime.disconnected", error=msg.detail,
-                      action="keeping state; reconnecting with backoff")
+                      action="nothing launched and nothing counted as a failure until it is "
+                      "back; reconnecting every second at most")
+            self.feed(EngineDown(msg.detail))
         self._journal.note("runtime.reconnected" if msg.connected else "runtime.disconnected",
                            msg.detail)
 
@@ -431,7 +452,9 @@ class ServerOwner:
         """The server's part of the systemd STATUS= line."""
         m = self.machine
         line = m.state.value
-        if m.state in (State.BACKOFF, State.FATAL) and m.last_reason:
+        if m.crash_looping and m.state is not State.FATAL:
+            line += f" (crash-looping: {len(m.failures)} failures)"
+        if m.state in (State.BACKOFF, State.WAITING, State.FATAL) and m.last_reason:
             line += f": {m.last_reason}"
         if m.state is State.FATAL:
             line += "; run `supervisorctl restart` after fixing the cause"
@@ -452,6 +475,9 @@ class ServerOwner:
             if serving and inst is not None else None,
             restarts=m.restarts, restarts_by_reason=dict(self._restarts_by_reason),
             consecutive_failures=m.attempt,
+            recent_failures=sum(now - t < self._rules.restart.failure_window
+                                for t in m.failures),
+            crash_looping=m.crash_looping,
             last_failure=None if fail is None else FailureStatus(
                 cause=fail.cause, hint=fail.hint, evidence=fail.evidence),
             drain=self._drain,

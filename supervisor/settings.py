@@ -137,7 +137,8 @@ class DockerSection(_Section):
     # Where the models dir and config appear inside the container.
     container_models_dir: str = "/localai/model"
     container_model_config: str = "/localai/config.yaml"
-    reconnect_max_delay: float = Field(30.0, gt=0)
+    # After losing the engine, reconnect attempts start at 0.1 s and double up to this.
+    reconnect_max_delay: float = Field(1.0, gt=0)
 
 
 class ProcessSection(_Section):
@@ -151,8 +152,10 @@ class ProbeUnloaded(StrEnum):
 
 
 class HealthSection(_Section):
-    interval: float = Field(5.0, gt=0)
-    timeout: float = Field(3.0, gt=0)
+    # A hung server is detected within interval + timeout + (failure_threshold - 1) x
+    # (0.5 + timeout) seconds: 9 s with these defaults.
+    interval: float = Field(2.0, gt=0)
+    timeout: float = Field(2.0, gt=0)
     failure_threshold: int = Field(3, ge=1)
     # Readiness (every model listed) may fail this long before the server is restarted.
     unhealthy_grace: float = Field(120.0, ge=0)
@@ -177,14 +180,19 @@ class HealthSection(_Section):
 
 
 class RestartSection(_Section):
-    # Like Docker (100 ms doubling): the first restart is quick, repeated ones back off.
+    # The first retry after a failure is immediate; consecutive ones back off from
+    # backoff_initial, doubling up to backoff_max (Docker: 100 ms doubling, 1 min cap).
     backoff_initial: float = Field(0.2, gt=0)
     backoff_max: float = Field(60.0, gt=0)
     backoff_multiplier: float = Field(2.0, ge=1)
     jitter: float = Field(0.2, ge=0, le=1)
-    max_failures: int = Field(5, ge=1)
+    # Give up (FATAL) after this many starts in a row that never became ready (supervisord's
+    # startretries). A server that was serving is restarted without end.
+    start_retries: int = Field(5, ge=1)
+    # Failures within this window are counted for "crash-looping" in status and logs.
     failure_window: float = Field(300.0, gt=0)
-    stable_after: float = Field(120.0, ge=0)
+    # Serving this long resets the backoff (Docker: 10 s).
+    stable_after: float = Field(10.0, ge=0)
 
 
 class WatchSection(_Section):

@@ -131,6 +131,9 @@ class ServerSnapshot(_Model):
     restarts: int
     restarts_by_reason: dict[RestartReason, int]
     consecutive_failures: int
+    recent_failures: int = Field(description="failures within restart.failure_window")
+    crash_looping: bool = Field(description="3 or more failures within the window: the "
+                                "server keeps failing (it is still restarted)")
     last_failure: FailureStatus | None
     drain: DrainStatus
     retry_in_seconds: float | None
@@ -161,6 +164,8 @@ class Status(_Model):
     restarts: int
     restarts_by_reason: dict[RestartReason, int]
     consecutive_failures: int
+    recent_failures: int
+    crash_looping: bool
     last_failure: FailureStatus | None
     model_restarts: int
     drain: DrainStatus
@@ -182,6 +187,7 @@ class Status(_Model):
             supervisor_uptime_seconds=round(supervisor_uptime, 3), restarts=server.restarts,
             restarts_by_reason=server.restarts_by_reason,
             consecutive_failures=server.consecutive_failures,
+            recent_failures=server.recent_failures, crash_looping=server.crash_looping,
             last_failure=server.last_failure, model_restarts=models.model_restarts,
             drain=server.drain, idle_seconds=models.idle_seconds,
             retry_in_seconds=server.retry_in_seconds, config=config, models=models.models,

@@ -10,7 +10,8 @@ from enum import StrEnum
 
 
 class RestartReason(StrEnum):
-    """Why the server is being (re)started; the key of ``restarts_by_reason``."""
+    """Why an instance replaced the one before it; the key of ``restarts_by_reason``. A
+    launch that fails and is retried is still the same restart, counted once it runs."""
 
     CONFIG_CHANGE = "config-change"
     OPERATOR = "operator"
@@ -19,7 +20,8 @@ class RestartReason(StrEnum):
     UNHEALTHY = "unhealthy"
     STARTUP_TIMEOUT = "startup-timeout"
     MODEL_ESCALATION = "model-escalation"
-    LAUNCH_FAILURE = "launch-failure"
+    # The instance was stopped by the container engine's own outage (restart of dockerd).
+    ENGINE_OUTAGE = "engine-outage"
 
 
 class ProbeKind(StrEnum):

@@ -219,9 +219,11 @@ class Dockerd:
         self.stop()
         raise TimeoutError(f"dockerd not answering after {timeout:.0f}s:\n{tail}")
 
-    def restart(self, timeout: float = 60.0) -> None:
-        """Stop dockerd (its containers stop with it, no live-restore) and start it again on
-        the same roots: what a `systemctl restart docker` does to a host."""
+    def restart(self, timeout: float = 60.0, down_for: float = 0.0) -> float:
+        """Stop dockerd (its containers stop with it, no live-restore), stay down
+        ``down_for`` seconds, and start it again on the same roots: what a `systemctl
+        restart docker` (or an `apt upgrade` of docker.io) does to a host. Returns the
+        monotonic time at which it answers again."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -232,7 +234,9 @@ class Dockerd:
         if self._client is not None:
             self._client.close()
             self._client = None
+        time.sleep(down_for)
         self._launch(timeout)
+        return time.monotonic()
 
     def client(self) -> docker.DockerClient:
         if self._client is None:

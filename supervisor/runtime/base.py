@@ -28,6 +28,10 @@ class InstanceExited:
     exit_code: int | None
     oom_killed: bool = False
     detail: str = ""
+    # Found dead only after the container engine came back: its outage stopped it.
+    outage: bool = False
+    # Wall-clock time of the exit when known (its log ends there).
+    at: float | None = None
 
     @property
     def reason(self) -> str:
@@ -37,6 +41,13 @@ class InstanceExited:
         if self.detail:
             parts.append(self.detail)
         return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class InstancePaused:
+    """The container engine froze the instance (``docker pause``)."""
+
+    token: str
 
 
 @dataclass(frozen=True)
@@ -56,12 +67,22 @@ class RuntimeConnection:
     detail: str = ""
 
 
-RuntimeEvent = InstanceExited | InstanceHealth | RuntimeConnection
+RuntimeEvent = InstanceExited | InstancePaused | InstanceHealth | RuntimeConnection
 Emit = Callable[[RuntimeEvent], None]
 
 
 class LaunchError(Exception):
-    """The instance could not be started; the message says why and what to do."""
+    """The instance could not be started; the message says why and what to do.
+
+    ``permanent``: retrying cannot help without a change (a missing image or binary).
+    ``engine_down``: the container engine did not answer at all.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False,
+                 engine_down: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.engine_down = engine_down
 
 
 class Runtime(Protocol):
@@ -89,7 +110,9 @@ class Runtime(Protocol):
         """Stop watching but leave the instance running (on_stop = leave)."""
         ...
 
-    async def logs(self, lines: int) -> list[str]:
+    async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
+        """The last ``lines`` of the server's log; with ``exited``, of that dead instance
+        only (it may already have been relaunched)."""
         ...
 
     async def close(self) -> None:

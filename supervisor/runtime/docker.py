@@ -16,6 +16,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 import structlog
 from docker.types import DeviceRequest
 from docker.types import Mount as DockerMount
@@ -27,6 +28,7 @@ from .base import (
     Instance,
     InstanceExited,
     InstanceHealth,
+    InstancePaused,
     LaunchError,
     RuntimeConnection,
     RuntimeEvent,
@@ -37,6 +39,28 @@ LABEL_SPEC = "io.localai-supervisor.spec"
 LABEL_REVISION = "io.localai-supervisor.revision"
 
 log = structlog.get_logger("supervisor.runtime.docker")
+
+_FIRST_RECONNECT_DELAY = 0.1
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Did this error mean the engine did not answer at all (not: it refused)?"""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.ConnectionError | ConnectionError
+                      | FileNotFoundError | requests.exceptions.Timeout):
+            return True
+        if isinstance(seen, docker.errors.DockerException) and (
+                "Error while fetching server API version" in str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _finished(state: dict[str, Any]) -> float | None:
+    """A stopped container's FinishedAt as Unix seconds."""
+    ns = _started_ns({"State": {"StartedAt": state.get("FinishedAt", "")}})
+    return ns / 1e9 if ns else None
 
 
 def device_requests(gpus: str) -> list[DeviceRequest]:
@@ -136,7 +160,9 @@ class DockerRuntime:
     # -- the event stream -------------------------------------------------------------------
 
     def _watch_events(self) -> None:
-        delay = 0.5
+        # Reconnect fast: a refused connect costs next to nothing, and every second the
+        # engine is back but unseen is a second the server is not restarted.
+        delay = _FIRST_RECONNECT_DELAY
         connected = True
         while not self._stop.is_set():
             client: docker.DockerClient | None = None
@@ -149,9 +175,11 @@ class DockerRuntime:
                 )
                 if not connected:
                     connected = True
-                    delay = 0.5
-                    self._send(RuntimeConnection(True, "docker engine reachable again"))
+                    delay = _FIRST_RECONNECT_DELAY
+                    # What the outage did to the container first, then that the engine is
+                    # back: a dead container is relaunched without a detour through WAITING.
                     self._recheck(client)
+                    self._send(RuntimeConnection(True, "docker engine reachable again"))
                 for event in self._stream:
                     if self._stop.is_set():
                         break
@@ -185,6 +213,9 @@ class DockerRuntime:
             log.warning("container.oom", container=cid[:12],
                         action="the die event that follows triggers the restart")
             return
+        if action == "pause":
+            self._send(InstancePaused(current[2]))
+            return
         if action.startswith("health_status:"):
             verdict = action.partition(":")[2].strip()
             if verdict in ("healthy", "unhealthy"):
@@ -198,7 +229,8 @@ class DockerRuntime:
         oom = False
         with contextlib.suppress(Exception):
             oom = bool(client.api.inspect_container(cid)["State"].get("OOMKilled"))
-        self._exit_once(InstanceExited(current[2], int(code) if code is not None else None, oom))
+        self._exit_once(InstanceExited(current[2], int(code) if code is not None else None, oom,
+                                       at=when / 1e9 if when else time.time()))
 
     def _recheck(self, client: docker.DockerClient) -> None:
         """After a reconnect: did the container die while we could not see events?"""
@@ -209,11 +241,15 @@ class DockerRuntime:
         try:
             state = client.api.inspect_container(current[0])["State"]
         except docker.errors.NotFound:
-            self._exit_once(InstanceExited(current[2], None, detail="container removed"))
+            self._exit_once(InstanceExited(current[2], None, detail="container removed",
+                                           outage=True))
             return
         if not state.get("Running") or _started_ns({"State": state}) != current[1]:
             self._exit_once(InstanceExited(current[2], state.get("ExitCode"),
-                                           bool(state.get("OOMKilled")), "seen after reconnect"))
+                                           bool(state.get("OOMKilled")), "seen after reconnect",
+                                           outage=True, at=_finished(state)))
+        elif state.get("Paused"):
+            self._send(InstancePaused(current[2]))
 
     def _track(self, attrs: dict[str, Any]) -> Instance:
         token = uuid.uuid4().hex[:12]
@@ -281,7 +317,7 @@ class DockerRuntime:
                     raise LaunchError(
                         f"a container named {self._name!r} exists and was not created by "
                         f"localai-supervisor; remove it (docker rm -f {self._name}) or set "
-                        "docker.container_name"
+                        "docker.container_name", permanent=True,
                     )
                 if labels.get(LABEL_SPEC) == digest:
                     if container.attrs["State"].get("Running"):
@@ -298,7 +334,7 @@ class DockerRuntime:
             except docker.errors.ImageNotFound as exc:
                 raise LaunchError(
                     f"image {spec.program!r} not found in the docker engine; pull or build it "
-                    "(the supervisor never pulls) or set docker.image"
+                    "(the supervisor never pulls) or set docker.image", permanent=True,
                 ) from exc
             try:
                 container.start()
@@ -313,8 +349,9 @@ class DockerRuntime:
             return await asyncio.to_thread(work)
         except LaunchError:
             raise
-        except docker.errors.DockerException as exc:
-            raise LaunchError(f"docker engine: {exc}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise LaunchError(f"docker engine: {exc}",
+                              engine_down=_unreachable(exc)) from exc
 
     async def terminate(self, timeout: float) -> None:
         with self._lock:
@@ -327,26 +364,35 @@ class DockerRuntime:
                 return
             if current is not None and container.id != current[0]:
                 return
-            container.stop(timeout=max(1, round(timeout)))
+            if container.status == "paused":
+                container.unpause()  # a frozen container cannot be stopped or killed
+            # timeout=0: SIGKILL at once (a hung server), else SIGTERM and wait.
+            container.stop(timeout=max(0, round(timeout)))
 
         try:
             await asyncio.to_thread(work)
-        except docker.errors.DockerException as exc:
-            log.warning("container.stop_failed", error=str(exc), action="left as is")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("container.stop_failed", error=str(exc),
+                        action="left as is; the next launch replaces or restarts it")
 
     async def detach(self) -> None:
         with self._lock:
             self._current = None
 
-    async def logs(self, lines: int) -> list[str]:
+    async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
+        # A relaunch restarts the same container and its log goes on: a dead instance's
+        # lines are those before it died.
+        until = exited.at if exited is not None else None
+
         def work() -> list[str]:
             container = self._get()
             if container is None:
                 return []
-            raw: bytes = container.logs(tail=lines)
+            raw: bytes = (container.logs(tail=lines, until=until) if until
+                          else container.logs(tail=lines))
             return raw.decode("utf-8", "replace").splitlines()
 
         try:
             return await asyncio.to_thread(work)
-        except docker.errors.DockerException:
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
             return []

@@ -30,6 +30,7 @@ log = structlog.get_logger("supervisor.runtime.process")
 # Environment passed through from the supervisor; everything else comes from the spec.
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES")
 _LOG_KEEP_BYTES = 8 * 1024 * 1024
+_MARKER_PREFIX = "--- localai-supervisor: starting "
 
 
 def _proc_start_ticks(pid: int) -> int | None:
@@ -39,6 +40,22 @@ def _proc_start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rpartition(")")[2].split()[19])
+
+
+def _marker(token: str) -> str:
+    """The line the log gets before each instance's own output."""
+    return f"--- localai-supervisor: starting {token} "
+
+
+def _section(lines: list[str], token: str) -> list[str]:
+    """The log lines of instance ``token`` only (a relaunch may already have written more)."""
+    start = 0
+    for i, line in enumerate(lines):
+        if line.startswith(_marker(token)):
+            start = i + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith(_MARKER_PREFIX)),
+               len(lines))
+    return lines[start:end]
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:
@@ -98,13 +115,14 @@ class ProcessRuntime:
             await self.terminate(10)
         binary = shutil.which(spec.program)
         if binary is None:
-            raise LaunchError(f"server binary {spec.program!r} not found; set process.binary")
+            raise LaunchError(f"server binary {spec.program!r} not found; set process.binary",
+                              permanent=True)
         env = {k: v for k, v in os.environ.items() if k in _PASS_ENV}
         env.update(dict(spec.env))
         self._rotate_log()
         token = uuid.uuid4().hex[:12]
         with self.log_path.open("ab") as out:
-            out.write(f"--- localai-supervisor: starting {token} at {time.ctime()}\n".encode())
+            out.write(f"{_marker(token)}at {time.ctime()}\n".encode())
             out.flush()
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -113,7 +131,8 @@ class ProcessRuntime:
                     start_new_session=True,
                 )
             except OSError as exc:
-                raise LaunchError(f"cannot execute {binary}: {exc.strerror}") from exc
+                raise LaunchError(f"cannot execute {binary}: {exc.strerror}",
+                                  permanent=isinstance(exc, PermissionError)) from exc
         self._proc, self._token = proc, token
         self._pidfile.write_text(json.dumps({
             "pid": proc.pid, "pgid": proc.pid, "start_ticks": _proc_start_ticks(proc.pid),
@@ -134,7 +153,7 @@ class ProcessRuntime:
             self._token = None
         detail = f"killed by {signal.Signals(-code).name}" if code < 0 else ""
         if self._emit is not None:
-            self._emit(InstanceExited(token, code, detail=detail))
+            self._emit(InstanceExited(token, code, detail=detail, at=time.time()))
 
     async def terminate(self, timeout: float) -> None:
         proc, token = self._proc, self._token
@@ -160,7 +179,7 @@ class ProcessRuntime:
         # A child process cannot outlive our watch usefully: `leave` still stops it.
         await self.terminate(10)
 
-    async def logs(self, lines: int) -> list[str]:
+    async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
         def tail() -> list[str]:
             try:
                 with self.log_path.open("rb") as fh:
@@ -170,7 +189,10 @@ class ProcessRuntime:
                     data = fh.read().decode("utf-8", "replace")
             except OSError:
                 return []
-            return list(deque(data.splitlines(), maxlen=lines))
+            text = data.splitlines()
+            if exited is not None:
+                text = _section(text, exited.token)
+            return list(deque(text, maxlen=lines))
 
         return await asyncio.to_thread(tail)
 

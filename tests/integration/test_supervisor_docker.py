@@ -184,11 +184,12 @@ def test_supervisorctl_restart_and_reload(make_supervised, dockerd: Dockerd) -> 
     assert out.returncode == 1 and "invalid YAML" in out.stderr, (out.stdout, out.stderr)
 
 
-def test_image_missing_is_reported_and_backs_off(make_supervised) -> None:
-    sup = make_supervised(docker={"image": "no-such-image:1"},
-                          restart={"max_failures": 2, "backoff_initial": 0.2}).start()
+def test_image_missing_gives_up_at_once(make_supervised) -> None:
+    sup = make_supervised(docker={"image": "no-such-image:1"}).start()
     st = sup.wait_for(lambda s: s["state"] == "FATAL", what="FATAL")
     assert "not found" in (st["reason"] or ""), st
+    assert st["restarts"] == 0  # retrying cannot bring the image: no retries
+    assert any("retrying cannot help" in e["detail"] for e in st["recent_events"]), st
     out = sup.ctl("status")
     assert out.returncode == 1 and "FATAL" in out.stdout
 

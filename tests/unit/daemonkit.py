@@ -18,7 +18,14 @@ from supervisor.engines import Activity, Call
 from supervisor.health import ModelsSeen
 from supervisor.notify import Notifier
 from supervisor.policy import ProbeResult, State
-from supervisor.runtime import Instance, InstanceExited, LaunchError, RuntimeEvent
+from supervisor.runtime import (
+    Instance,
+    InstanceExited,
+    InstancePaused,
+    LaunchError,
+    RuntimeConnection,
+    RuntimeEvent,
+)
 from supervisor.settings import (
     Engine,
     HealthSection,
@@ -69,6 +76,14 @@ class FakeRuntime:
     launched_over_live: int = 0
     # A launch is waiting for ``gate``.
     gated: bool = False
+    # The container engine does not answer: launches fail without reaching it.
+    engine_down: bool = False
+    # Set: reading a dead instance's log waits for it (a slow log read).
+    log_gate: asyncio.Event | None = None
+    log_reads: list[str | None] = field(default_factory=list)
+    # Fake time of each terminate, when a clock is given.
+    clock: FakeClock | None = None
+    terminated_at: list[float] = field(default_factory=list)
     _emit: Callable[[RuntimeEvent], None] | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -89,9 +104,11 @@ class FakeRuntime:
             self.gated = True
             await gate.wait()
             self.gated = False
+        if self.engine_down:
+            raise LaunchError("docker engine: connection refused", engine_down=True)
         if self.fail_next is not None:
             reason, self.fail_next = self.fail_next, None
-            raise LaunchError(reason)
+            raise LaunchError(reason, permanent="not found" in reason)
         if self.live:
             self.launched_over_live += 1
         token = f"t{next(self._ids)}"
@@ -106,6 +123,8 @@ class FakeRuntime:
 
     async def terminate(self, timeout: float) -> None:
         self.terminated.append((self.current, timeout))
+        if self.clock is not None:
+            self.terminated_at.append(self.clock.now)
         if self.current is not None:
             self.live.discard(self.current)
             self.current = None
@@ -122,8 +141,26 @@ class FakeRuntime:
     async def detach(self) -> None:
         self.current = None
 
-    async def logs(self, lines: int) -> list[str]:
+    async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
+        self.log_reads.append(exited.token if exited else None)
+        if self.log_gate is not None:
+            await self.log_gate.wait()
         return ["llama_model_load: error loading model"] if lines else []
+
+    def engine(self, up: bool, *, stopped_it: bool = False) -> None:
+        """The container engine goes away or comes back (and, with ``stopped_it``, its
+        going away killed the instance, which the runtime finds when it reconnects)."""
+        assert self._emit is not None
+        self.engine_down = not up
+        if up and stopped_it and self.current is not None:
+            token, self.current = self.current, None
+            self.live.discard(token)
+            self._emit(InstanceExited(token, 143, detail="seen after reconnect", outage=True))
+        self._emit(RuntimeConnection(up, "test"))
+
+    def pause(self) -> None:
+        assert self._emit is not None and self.current is not None
+        self._emit(InstancePaused(self.current))
 
     async def close(self) -> None:
         pass
@@ -132,27 +169,44 @@ class FakeRuntime:
 @dataclass
 class FakeProber:
     alive: bool = True
+    # When set, a liveness probe of a dead server costs this much fake time (its timeout).
+    clock: FakeClock | None = None
+    hang_cost: float = 0.0
     in_flight: int | None = 0
     listed: tuple[str, ...] | None = None
     calls: list[Call] = field(default_factory=list)
     # Answer to model probes.
     model_status: int = 200
+    # Like llama-server's router with --models-max 1: a request loads its model (unless
+    # ?autoload=false), evicting the other; every load is counted as a swap.
+    router: bool = False
+    resident: list[str] = field(default_factory=list)
+    swaps: list[str] = field(default_factory=list)
 
     async def liveness(self, instance: str) -> ProbeResult:
+        if not self.alive and self.clock is not None:
+            self.clock.now += self.hang_cost
         return ProbeResult(instance, ProbeKind.LIVENESS, self.alive,
                            "" if self.alive else "GET /health: no answer")
 
     async def readiness(self, instance: str, expected: tuple[str, ...]
                         ) -> tuple[ProbeResult, ModelsSeen]:
         names = self.listed if self.listed is not None else expected
-        seen = ModelsSeen({n: LoadState.UNLOADED for n in names},
-                          {n: LoadState.UNLOADED for n in names})
+        states = {n: LoadState.LOADED if n in self.resident else LoadState.UNLOADED
+                  for n in names}
+        seen = ModelsSeen(dict(states), states)
         missing = [m for m in expected if m not in names]
         return ProbeResult(instance, ProbeKind.READINESS, not missing,
                            f"not listed: {missing}" if missing else "listed"), seen
 
     async def call(self, call: Call, timeout: float) -> tuple[int, str]:
         self.calls.append(call)
+        model = (call.body or {}).get("model")
+        if self.router and isinstance(model, str) and model not in self.resident:
+            if "autoload=false" in call.path:
+                return 400, '{"error": {"message": "model is not loaded"}}'
+            self.resident = [model]
+            self.swaps.append(model)
         return self.model_status, "{}"
 
     async def loaded(self) -> dict[str, LoadState] | None:

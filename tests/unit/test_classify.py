@@ -70,7 +70,8 @@ def test_every_cause_has_a_distinct_hint() -> None:
                      "could not load model: rpc error: code = Canceled desc = context canceled")
     }
     hints |= {diagnose(None, True, []).hint, diagnose(137, False, []).hint,
-              diagnose(1, False, []).hint, diagnose(0, False, []).hint}
+              diagnose(1, False, []).hint, diagnose(143, False, []).hint,
+              diagnose(None, False, []).hint, diagnose(143, False, [], outage=True).hint}
     assert len(hints) == len(Cause)
 
 
@@ -136,7 +137,7 @@ def test_sigkill_is_killed(exit_code: int) -> None:
     assert "SIGKILL" in d.hint
 
 
-@pytest.mark.parametrize("exit_code", [1, 2, 139, 143, -11, 255])
+@pytest.mark.parametrize("exit_code", [1, 2, 139, -11, 255])
 def test_other_nonzero_exit_is_crashed_with_the_last_line(exit_code: int) -> None:
     lines = ["main: loading model", "terminate called after throwing an instance of "
              "'std::runtime_error'", "  what():  bad config  ", "", "   "]
@@ -154,11 +155,25 @@ def test_crashed_evidence_is_capped() -> None:
     assert len(diagnose(1, False, ["y" * 1000]).evidence) == 300
 
 
-@pytest.mark.parametrize("exit_code", [0, None])
-def test_a_clean_or_unknown_exit_without_a_known_line_is_unknown(exit_code: int | None) -> None:
-    d = diagnose(exit_code, False, NOISE)
+def test_an_unknown_exit_without_a_known_line_is_unknown() -> None:
+    d = diagnose(None, False, NOISE)
     assert d.cause is Cause.UNKNOWN
     assert d.evidence == ""
+
+
+@pytest.mark.parametrize("exit_code", [0, 143, -15])
+def test_sigterm_or_a_clean_exit_nobody_asked_for_is_a_stop_from_outside(exit_code: int) -> None:
+    # What the engine's own shutdown does to a container: not a crash of the server.
+    d = diagnose(exit_code, False, NOISE)
+    assert d.cause is Cause.STOPPED
+    assert d.evidence == f"exit code {exit_code}"
+    assert "container engine" in d.hint
+
+
+def test_an_exit_found_after_an_engine_outage_is_the_outage() -> None:
+    d = diagnose(143, False, [LOAD_FAILED], outage=True)
+    assert d.cause is Cause.ENGINE_OUTAGE
+    assert "not counted as a failure" in d.hint
 
 
 def test_nothing_at_all_is_unknown() -> None:

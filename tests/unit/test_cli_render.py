@@ -38,6 +38,8 @@ BACKOFF: dict[str, Any] = {
     "restarts": 2,
     "restarts_by_reason": {"crash": 2},
     "consecutive_failures": 2,
+    "recent_failures": 2,
+    "crash_looping": False,
     "last_failure": None,
     "model_restarts": 0,
     "drain": {"drains": 0, "drained_requests": 0, "cut_off_requests": 0},
@@ -72,6 +74,7 @@ RUNNING: dict[str, Any] = {
                  "spec": "feedfacefeedface", "started_at": 1.0},
     "uptime_seconds": 7260.0,
     "retry_in_seconds": None,
+    "recent_failures": 0,
     "config": {**BACKOFF["config"], "rejected": None},
     "models": [],
 }
@@ -88,6 +91,7 @@ def test_tty_form_is_aligned() -> None:
         "restarts  2",
         "config    /etc/localai/config.yaml revision 0123456789ab",
         "retry in  4.6s",
+        "failures  2 recently",
         "REJECTED  latest config change not applied:",
         f"          {ERROR}",
         "          second problem",
@@ -109,6 +113,7 @@ def test_piped_form_is_tab_separated() -> None:
         "restarts\t2",
         "config\t/etc/localai/config.yaml revision 0123456789ab",
         "retry in\t4.6s",
+        "failures\t2 recently",
         "REJECTED\tlatest config change not applied:",
         f"\t{ERROR}",
         "\tsecond problem",
@@ -135,6 +140,7 @@ def test_running_hides_the_reason_and_shows_the_instance() -> None:
 def test_minimal_status_before_any_config() -> None:
     st = {**BACKOFF, "state": "STOPPED", "reason": None, "engine": "localai",
           "runtime": "process", "server_url": "", "restarts": 0, "retry_in_seconds": None,
+          "recent_failures": 0,
           "since_seconds": 3.0, "models": [],
           "config": {**BACKOFF["config"], "revision": None, "rejected": None}}
     lines = render_status(st, tty=False).split("\n")
@@ -165,3 +171,13 @@ def test_durations(seconds: float | None, shown: str) -> None:
     st = {**RUNNING, "uptime_seconds": seconds}
     fields = dict(line.split("\t", 1) for line in render_status(st, tty=False).split("\n"))
     assert fields["uptime"] == shown
+
+
+def test_crash_looping_and_pending_files_are_shown() -> None:
+    st = {**RUNNING, "recent_failures": 4, "crash_looping": True,
+          "config": {**RUNNING["config"], "pending": [
+              {"model": "big", "file": "/m/big.gguf", "reason": "incomplete: 10 of 20 bytes"}]}}
+    fields = render_status(st, tty=False).split("\n")
+    assert "failures\t4 recently (crash-looping; still restarted)" in fields
+    assert fields[-2:] == ["PENDING\twaiting for model files to be complete:",
+                           "\tbig: /m/big.gguf: incomplete: 10 of 20 bytes"]

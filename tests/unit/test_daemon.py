@@ -256,38 +256,47 @@ async def test_on_stop_leave_exits_without_touching_the_server(tmp_path: Path) -
 # ---- failures ----------------------------------------------------------------------------
 
 
-async def test_crash_is_diagnosed_then_restarted_after_backoff(h: Harness) -> None:
+async def test_a_crash_is_relaunched_at_once_and_diagnosed_alongside(h: Harness) -> None:
     await h.start()
     await h.running()
+    h.runtime.log_gate = gate = asyncio.Event()  # the log read is slow: it must not delay
     h.runtime.crash()
-    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"], "the relaunch")
+    assert h.daemon.status().last_failure is None  # not diagnosed yet, relaunched already
+    assert h.runtime.log_reads == ["t1"]  # the dead instance's log, not the new one's
+    gate.set()
+    await h.running()
+    await h.until(lambda: h.daemon.status().last_failure is not None, "the diagnosis")
     st = h.daemon.status()
     assert st.last_failure is not None and st.last_failure.cause.value == "model-load-failed"
-    assert st.retry_in_seconds == 1.0 and st.uptime_seconds is None
-    await h.tick(1.0)
-    await h.running()
-    st = h.daemon.status()
-    assert h.runtime.launched == ["t1", "t2"]
     assert st.restarts == 1 and st.restarts_by_reason == {RestartReason.CRASH: 1}
+    assert st.uptime_seconds is not None
 
 
 async def test_instance_dying_before_its_launch_reports_back_is_still_a_crash(h: Harness
                                                                              ) -> None:
     h.runtime.die_at_start = True
     await h.start()
-    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
-    assert h.runtime.live == set()
-    assert "exited" in (h.daemon.status().reason or "")
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"], "the relaunch")
+    await h.running()
+    assert h.runtime.live == {"t2"}
+    assert h.daemon.status().restarts_by_reason == {RestartReason.CRASH: 1}
 
 
-async def test_launch_failure_backs_off_and_retries(h: Harness) -> None:
+async def test_launch_failure_is_retried(h: Harness) -> None:
+    h.runtime.fail_next = "port 40080 already in use"
+    await h.start()
+    await h.running()
+    st = h.daemon.status()
+    assert st.restarts == 0 and st.restarts_by_reason == {}  # the first start, retried
+
+
+async def test_a_missing_image_gives_up_at_once(h: Harness) -> None:
     h.runtime.fail_next = "image 'localai' not found"
     await h.start()
-    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
-    assert "image 'localai' not found" in (h.daemon.status().reason or "")
-    await h.tick(1.0)
-    await h.running()
-    assert h.daemon.status().restarts_by_reason == {RestartReason.LAUNCH_FAILURE: 1}
+    await h.until(lambda: h.state == "FATAL", "FATAL")
+    assert "retrying cannot help" in h.daemon.status_line() or h.daemon.status().reason
+    assert h.runtime.launched == []
 
 
 async def test_hung_server_is_killed_fast_and_counted_as_a_hang(h: Harness) -> None:
@@ -296,12 +305,166 @@ async def test_hung_server_is_killed_fast_and_counted_as_a_hang(h: Harness) -> N
     h.prober.alive = False
     for _ in range(h.settings.health.failure_threshold):
         await h.tick(h.settings.health.interval)
-    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
-    assert h.runtime.terminated[-1] == ("t1", 2.0)  # HUNG_STOP_SECONDS, not stop_timeout
+    # Killed at once (HUNG_STOP_SECONDS), not after stop_timeout, and relaunched at once.
+    await h.until(lambda: h.runtime.terminated == [("t1", 0.0)], "the kill")
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"], "the relaunch")
     h.prober.alive = True
     await h.tick(1.0)
     await h.running()
     assert h.daemon.status().restarts_by_reason == {RestartReason.HANG: 1}
+
+
+async def test_a_hang_is_detected_within_10s_with_the_default_probe_settings(tmp_path: Path
+                                                                               ) -> None:
+    from daemonkit import make_settings
+
+    from supervisor.settings import HealthSection
+
+    defaults = HealthSection()
+    h = Harness(tmp_path, make_settings(tmp_path, interval=defaults.interval,
+                                        timeout=defaults.timeout,
+                                        failure_threshold=defaults.failure_threshold))
+    h.prober.clock, h.prober.hang_cost = h.clock, defaults.timeout
+    h.runtime.clock = h.clock
+    await h.start()
+    await h.running()
+    await h.tick(0.0)  # a probe cycle just succeeded: the worst moment for a hang to start
+    hung_at = h.clock.now
+    h.prober.alive = False
+    while not h.runtime.terminated:
+        await h.tick(0.05)
+        assert h.clock.now - hung_at < 30, "never detected"
+    detected = h.runtime.terminated_at[0] - hung_at
+    print(f"hang detected and killed after {detected:.2f}s")
+    assert detected <= 10.0
+    await h.close()
+
+
+async def test_a_paused_container_is_replaced_without_waiting_for_probes(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    h.runtime.pause()
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"], "the relaunch")
+    await h.running()
+    assert h.runtime.terminated == [("t1", 0.0)]
+    assert h.daemon.status().restarts_by_reason == {RestartReason.HANG: 1}
+
+
+async def test_engine_outage_waits_then_relaunches_without_counting(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    h.runtime.engine(up=False)
+    await h.settle()
+    h.runtime.crash()  # the engine's shutdown kills it; the die event still came through
+    await h.until(lambda: h.state == "WAITING", "WAITING")
+    for _ in range(30):  # a long outage: nothing happens, nothing is counted
+        await h.tick(10.0)
+    st = h.daemon.status()
+    assert st.state.value == "WAITING" and st.consecutive_failures == 1
+    assert not st.runtime_connected
+    h.runtime.engine(up=True)
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"], "the relaunch")
+    await h.running()
+    assert h.daemon.status().runtime_connected
+
+
+async def test_engine_restart_found_on_reconnect_is_not_a_failure(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    h.runtime.engine(up=False)
+    await h.settle()
+    h.runtime.engine(up=True, stopped_it=True)
+    await h.until(lambda: h.runtime.launched == ["t1", "t2"], "the relaunch")
+    await h.running()
+    st = h.daemon.status()
+    assert st.consecutive_failures == 0 and st.recent_failures == 0
+    assert st.restarts_by_reason == {RestartReason.ENGINE_OUTAGE: 1}
+
+
+async def test_boot_with_the_engine_down_waits_and_starts_when_it_is_back(h: Harness
+                                                                          ) -> None:
+    h.runtime.engine_down = True
+    await h.start()
+    await h.until(lambda: h.state == "WAITING", "WAITING")
+    h.runtime.engine(up=False)
+    await h.settle()
+    await h.tick(60.0)
+    assert h.state == "WAITING" and h.runtime.launched == []
+    h.runtime.engine(up=True)
+    await h.running()
+    assert h.daemon.status().restarts == 0  # the first start, late: not a restart
+
+
+async def test_a_server_that_served_is_never_given_up_on(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    for k in range(12):
+        h.runtime.crash()
+        while len(h.runtime.launched) < k + 2:  # the backoff grows, up to backoff_max
+            await h.tick(5.0)
+        await h.running()
+    st = h.daemon.status()
+    assert st.state.value == "RUNNING" and st.restarts == 12
+    assert st.crash_looping and st.recent_failures >= 3
+
+
+# ---- probes that never churn ---------------------------------------------------------------
+
+TWO_MODELS = CONFIG + CONFIG.replace("tiny-a", "tiny-b")
+
+
+async def test_an_hour_of_idleness_causes_no_probe_swaps(tmp_path: Path) -> None:
+    from daemonkit import make_settings
+
+    from supervisor.tinygguf import write_tiny_llama
+
+    settings = make_settings(tmp_path, model_probes=True, model_interval=2.0, idle_seconds=5.0)
+    write_tiny_llama(settings.server.models_dir / "tiny-b.gguf", seed=2, name="tiny-b")
+    settings.server.model_config_file.write_text(TWO_MODELS)
+    h = Harness(tmp_path, settings)
+    h.prober.router = True
+    await h.start()
+    await h.running()
+    swaps_at = []
+    for minute in range(60):
+        for _ in range(12):
+            await h.tick(5.0)
+        swaps_at.append(len(h.prober.swaps))
+    # Each model's ability to load is tested once (tiny-a, then tiny-b, which evicts tiny-a,
+    # which is then restored); after that, an hour of probing swaps nothing in.
+    assert h.prober.swaps == ["tiny-a", "tiny-b", "tiny-a"], h.prober.swaps
+    assert swaps_at[-1] == swaps_at[2], swaps_at
+    assert h.prober.resident == ["tiny-a"]
+    probes = [c for c in h.prober.calls if c.path.startswith("/v1/chat/completions")]
+    assert len(probes) > 500  # the loaded model kept being probed, every 2 s
+    await h.close()
+
+
+async def test_a_changed_model_file_is_load_tested_again(tmp_path: Path) -> None:
+    from daemonkit import make_settings
+
+    from supervisor.tinygguf import write_tiny_llama
+
+    settings = make_settings(tmp_path, model_probes=True, model_interval=2.0, idle_seconds=5.0)
+    write_tiny_llama(settings.server.models_dir / "tiny-b.gguf", seed=2, name="tiny-b")
+    settings.server.model_config_file.write_text(TWO_MODELS)
+    h = Harness(tmp_path, settings)
+    h.prober.router = True
+    await h.start()
+    await h.running()
+    for _ in range(24):
+        await h.tick(5.0)
+    assert h.prober.swaps == ["tiny-a", "tiny-b", "tiny-a"]
+    # tiny-b's file is replaced: a new revision of that model, and only that one.
+    write_tiny_llama(settings.server.models_dir / "tiny-b.gguf", seed=3, name="tiny-b")
+    await reload(h)
+    await h.until(lambda: len(h.runtime.launched) == 2, "the restart onto the new file")
+    await h.running()
+    h.prober.resident = ["tiny-a"]
+    for _ in range(24):
+        await h.tick(5.0)
+    assert h.prober.swaps[3:] == ["tiny-b", "tiny-a"], h.prober.swaps
+    await h.close()
 
 
 # ---- the typed status --------------------------------------------------------------------
@@ -318,7 +481,7 @@ async def test_status_answers_validate_against_the_openapi_document(h: Harness) 
     await h.start()
     await h.running()
     h.runtime.crash()
-    await h.until(lambda: h.state == "BACKOFF", "BACKOFF")
+    await h.until(lambda: h.daemon.status().last_failure is not None, "a diagnosed crash")
     jsonschema.validate(h.daemon.status().model_dump(mode="json"), schema)
 
 
@@ -326,22 +489,27 @@ async def test_status_answers_validate_against_the_openapi_document(h: Harness) 
 
 OPS = st.lists(st.sampled_from([
     "start", "stop", "restart", "restart-force", "crash", "launch-fails", "launch-slow",
-    "release", "tick", "hang", "recover", "busy", "idle",
+    "release", "tick", "hang", "recover", "busy", "idle", "pause", "engine-down",
+    "engine-up", "engine-restarted",
 ]), min_size=1, max_size=25)
 
 
 async def _interleave(base: Path, ops: list[str]) -> None:
     h = Harness(base)
     gate: asyncio.Event | None = None
+    operator_stopped = False
     await h.start()
     await h.settle()
     for op in ops:
         if op == "start":
             h.daemon.post(Start("operator"))
+            operator_stopped = False
         elif op == "stop":
             h.daemon.post(Stop("operator"))
+            operator_stopped = True
         elif op in ("restart", "restart-force"):
             h.daemon.post(Restart("operator", force=op == "restart-force"))
+            operator_stopped = False
         elif op == "crash" and h.runtime.current is not None:
             h.runtime.crash()
         elif op == "launch-fails":
@@ -359,18 +527,37 @@ async def _interleave(base: Path, ops: list[str]) -> None:
             h.prober.alive = True
         elif op in ("busy", "idle"):
             h.prober.in_flight = 1 if op == "busy" else 0  # busy: stops wait in their drain
+        elif op == "pause" and h.runtime.current is not None:
+            h.runtime.pause()
+        elif op == "engine-down" and not h.runtime.engine_down:
+            h.runtime.engine(up=False)
+        elif op in ("engine-up", "engine-restarted") and h.runtime.engine_down:
+            h.runtime.engine(up=True, stopped_it=op == "engine-restarted")
         await h.settle()
         m = h.daemon.server.machine
         assert h.runtime.launched_over_live == 0, "launched while another instance was alive"
         assert len(h.runtime.live) <= 1
         launch_pending = gate is not None and h.runtime.gate is None
-        if m.state in (State.STOPPED, State.BACKOFF, State.FATAL) and not launch_pending:
+        if m.state in (State.STOPPED, State.BACKOFF, State.WAITING, State.FATAL) \
+                and not launch_pending:
             assert h.runtime.live == set(), f"{m.state} with a live instance"
         if not launch_pending:
             assert h.runtime.live <= {m.instance}, "a live instance the machine does not track"
     if gate is not None:
         gate.set()
     h.prober.in_flight = 0
+    if h.runtime.engine_down:
+        h.runtime.engine(up=True)
+    await h.settle()
+    for _ in range(10):  # backoffs end and launches succeed: with the engine up, it runs
+        await h.tick(120.0)
+        if h.daemon.server.machine.state not in (State.BACKOFF, State.WAITING):
+            break
+    # Unless an operator stopped it (or it never became ready), it is on its way back.
+    state = h.daemon.server.machine.state
+    assert state in (State.STARTING, State.RUNNING, State.UNHEALTHY, State.STOPPING) or (
+        state is State.FATAL and h.daemon.server.machine.unready > 0) or (
+        state is State.STOPPED and operator_stopped), state
     h.signal(signal.SIGTERM)
     await h.until(lambda: h.daemon.exit_code is not None, "exit", wait=2.0)
     assert h.runtime.live == set() and h.daemon.server.machine.state is State.STOPPED

@@ -319,7 +319,32 @@ def test_missing_model_file(config: Path, models: Path) -> None:
 
 def test_a_directory_is_not_a_model_file(config: Path, models: Path) -> None:
     p = only(rejected(config, models, "- name: a\n  parameters:\n    model: sub\n"))
-    assert "does not exist" in p.message
+    assert "is not a regular file" in p.message and p.code == "not-a-file"
+
+
+def test_a_symlink_loop_says_so(config: Path, models: Path) -> None:
+    (models / "loop.gguf").symlink_to("loop2.gguf")
+    (models / "loop2.gguf").symlink_to("loop.gguf")
+    p = only(rejected(config, models, "- name: a\n  parameters:\n    model: loop.gguf\n"))
+    assert p.message == "'loop.gguf' is a symlink loop" and p.code == "symlink-loop"
+    assert p.hint
+
+
+def test_a_dangling_symlink_says_so(config: Path, models: Path) -> None:
+    (models / "gone.gguf").symlink_to("/nonexistent/model.gguf")
+    p = only(rejected(config, models, "- name: a\n  parameters:\n    model: gone.gguf\n"))
+    assert "symlink to something that does not exist" in p.message
+
+
+def test_an_unreadable_model_file_says_so(config: Path, models: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).endswith(
+        "tiny-a.gguf") else real(path, mode))
+    p = only(rejected(config, models, "- name: a\n  parameters:\n    model: tiny-a.gguf\n"))
+    assert "is not readable by the supervisor" in p.message and p.code == "unreadable"
 
 
 @pytest.mark.parametrize("rel", ["../outside.gguf", "sub/../../outside.gguf", "ABS"])

@@ -124,6 +124,22 @@ def test_a_recently_probed_unloaded_model_does_not_use_up_the_turn() -> None:
     assert due(health, {}, IDLE, 100.0, RULES) == [ProbeModel("b", True, RULES.load_timeout)]
 
 
+def test_an_unloaded_model_that_passed_its_load_test_is_not_swapped_in_again() -> None:
+    health = fresh("a", "b")
+    loaded = {"a": "loaded"}
+    assert due(health, loaded, IDLE, 0.0, RULES, load_tested={"b"}) == [
+        ProbeModel("a", False, RULES.load_timeout)]
+    for now in (1000.0, 10_000.0, 100_000.0):  # however long the idleness
+        assert [p.name for p in due(health, loaded, 1e9, now, RULES, {"b"})] == ["a"]
+
+
+def test_a_failing_unloaded_model_is_probed_although_load_tested() -> None:
+    # Its failure must be resolved (model restart, server restart, given up) either way.
+    health = {"b": ModelHealth("b", state=ModelState.FAILING, failures=1)}
+    assert due(health, {}, IDLE, 0.0, RULES, load_tested={"b"}) == [
+        ProbeModel("b", True, RULES.load_timeout)]
+
+
 def test_unloaded_models_are_never_probed_with_policy_never() -> None:
     rules = replace(RULES, unloaded=UnloadedPolicy.NEVER)
     health = fresh("a", "b")

@@ -59,8 +59,8 @@ def test_defaults_reproduce_the_hand_run_container() -> None:
     assert s.supervisor.on_stop is OnStop.STOP
     assert s.supervisor.log_format is LogFormat.AUTO
     assert s.restart == RestartSection()
-    assert (s.restart.max_failures, s.restart.failure_window) == (5, 300.0)
-    assert (s.health.interval, s.health.failure_threshold) == (5.0, 3)
+    assert (s.restart.start_retries, s.restart.failure_window) == (5, 300.0)
+    assert (s.health.interval, s.health.timeout, s.health.failure_threshold) == (2.0, 2.0, 3)
     assert (s.watch.enabled, s.watch.step_ms, s.watch.debounce_ms) == (True, 50, 1600)
     assert s == Settings()
 
@@ -77,7 +77,7 @@ listen_port = 8080
 gpus = "0,1"
 
 [restart]
-max_failures = 3
+start_retries = 3
 backoff_max = 30.0
 
 [localai]
@@ -89,7 +89,7 @@ environment = { LOCALAI_LOG_LEVEL = "debug" }
     assert s.server.models_dir == Path("/srv/models")
     assert s.server.listen_port == 8080
     assert s.docker.gpus == "0,1"
-    assert (s.restart.max_failures, s.restart.backoff_max) == (3, 30.0)
+    assert (s.restart.start_retries, s.restart.backoff_max) == (3, 30.0)
     assert s.restart.backoff_initial == RestartSection().backoff_initial  # untouched: default
     # Only what the file sets; the engine's defaults are merged under it when rendering.
     assert s.localai.environment == {"LOCALAI_LOG_LEVEL": "debug"}
@@ -273,7 +273,7 @@ def test_status_api_validation() -> None:
 def test_rules_from_settings(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, """
 [restart]
-max_failures = 2
+start_retries = 2
 [health]
 failure_threshold = 4
 unhealthy_grace = 10
@@ -282,4 +282,4 @@ startup_timeout = 90
 """))
     assert rules_from(s) == Rules(restart=s.restart, failure_threshold=4, startup_timeout=90.0,
                                   unhealthy_grace=10.0)
-    assert rules_from(s).restart.max_failures == 2
+    assert rules_from(s).restart.start_retries == 2
