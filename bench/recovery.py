@@ -10,9 +10,12 @@ Everything runs in one go against a private dockerd and the llama-server test im
   ``HEALTHCHECK`` at Docker's defaults plus an autoheal-style poller.
 
 Measured: SIGKILL of the server's host PID → a chat completion answers again (consecutive
-crashes, and crashes spaced so both back-offs reset); SIGSTOP of the host PID → detected and
-serving again; the supervisor's reaction time to the engine's ``die`` event; requests per
-second of a steady load with and without the supervisor. Needs root and docker.io.
+crashes, and crashes 12 s apart so both back-offs reset); SIGSTOP of the host PID → detected
+and serving again; ``docker pause`` → serving again; the Docker engine stopped for 20 s →
+serving again after it is back (Docker: ``--restart=unless-stopped``); the supervisor's
+reaction time to the engine's ``die`` event; its idle memory; model swaps its probes cause
+while the server is idle; requests per second of a steady load with and without the
+supervisor. Needs root and docker.io.
 
 Usage: .venv/bin/python bench/recovery.py [--reps N] [--skip-hang] [--quick]
 """
@@ -48,7 +51,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import testbed  # noqa: E402
 from supervised import Supervised  # noqa: E402
-from testbed import Dockerd, chat, free_port  # noqa: E402
+from testbed import Dockerd, chat, free_port, http_json  # noqa: E402
 
 from supervisor.settings import HealthSection, RestartSection, ServerSection  # noqa: E402
 from supervisor.tinygguf import write_tiny_llama  # noqa: E402
@@ -63,10 +66,11 @@ DEFAULT_HEALTH = {"interval": _H.interval, "timeout": _H.timeout,
                   "failure_threshold": _H.failure_threshold}
 DEFAULT_RESTART = {"backoff_initial": _R.backoff_initial, "backoff_max": _R.backoff_max}
 DEFAULT_SERVER = {"stop_timeout": _S.stop_timeout}
-# Spaced crashes: the supervisor's back-off resets after `stable_after` of RUNNING, Docker's
-# after 10 s of running; the crash-loop guard (5 failures in 300 s → FATAL) is raised so a
-# series of spaced crashes stays a series of single crashes.
-SPACED_RESTART = {**DEFAULT_RESTART, "stable_after": 5.0, "max_failures": 100}
+# Probe churn: model probes every second and "idle" after 2 s, so an hour's worth of chances
+# to swap models in fits in the measured window.
+MODEL_PROBES = {"model_interval": 1.0, "idle_seconds": 2.0}
+OUTAGE_SECONDS = 20.0
+IDLE_SECONDS = 60.0
 HEALTH_CMD = "wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1"
 AUTOHEAL_INTERVAL = 5.0
 AUTOHEAL_STOP_TIMEOUT = 10  # autoheal's AUTOHEAL_DEFAULT_STOP_TIMEOUT
@@ -77,10 +81,6 @@ class Interrupted(Exception):
     """SIGTERM: unwind through the same ``finally`` blocks as Ctrl-C."""
 
 
-# ---- the engine ----------------------------------------------------------------------------
-
-
-@dataclass
 # ---- observation: docker events and the supervisor's log ------------------------------------
 
 
@@ -92,24 +92,35 @@ class DockerEvent:
 
 
 class DockerEvents:
-    """Every container event of the private engine, read by one thread for the whole run."""
+    """Every container event of the private engine, read by one thread for the whole run
+    (and across restarts of the engine: it reconnects and asks again since the last event)."""
 
     def __init__(self, host: str) -> None:
-        self._client = docker.DockerClient(base_url=host, timeout=None)
+        self._host = host
         self._items: list[DockerEvent] = []
         self._lock = threading.Lock()
-        self._stream: Any = self._client.events(
-            decode=True, since=int(time.time()) - 1, filters={"type": "container"})
+        self._closed = threading.Event()
+        self._client: Any = None
+        self._stream: Any = None
         self._thread = threading.Thread(target=self._read, name="docker-events", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        with contextlib.suppress(Exception):  # the stream raises when close() cuts it
-            for ev in self._stream:
-                item = DockerEvent(int(ev.get("timeNano", 0)), str(ev.get("Action", "")),
-                                   str(ev.get("Actor", {}).get("Attributes", {}).get("name", "")))
-                with self._lock:
-                    self._items.append(item)
+        since = int(time.time()) - 1
+        while not self._closed.is_set():
+            with contextlib.suppress(Exception):  # the engine went away, or close() cut it
+                self._client = docker.DockerClient(base_url=self._host, timeout=None)
+                self._stream = self._client.events(decode=True, since=since,
+                                                   filters={"type": "container"})
+                for ev in self._stream:
+                    item = DockerEvent(
+                        int(ev.get("timeNano", 0)), str(ev.get("Action", "")),
+                        str(ev.get("Actor", {}).get("Attributes", {}).get("name", "")))
+                    since = item.at_ns // 1_000_000_000
+                    with self._lock:
+                        if item not in self._items:
+                            self._items.append(item)
+            self._closed.wait(0.2)
 
     def first(self, name: str, action: str, after_ns: int, timeout: float = 3.0) -> int | None:
         """timeNano of the first ``action`` (prefix) of container ``name`` at/after ``after_ns``."""
@@ -124,6 +135,7 @@ class DockerEvents:
             time.sleep(0.05)
 
     def close(self) -> None:
+        self._closed.set()
         with contextlib.suppress(Exception):
             self._stream.close()
         with contextlib.suppress(Exception):
@@ -274,18 +286,20 @@ def explain_supervisor_crashes(crashes: list[Crash], events: DockerEvents, conta
     entries = supervisor_log(log_path)
     for c in crashes:
         die = events.first(container, "die", c.kill_ns)
-        exited = first_log(entries, "server.exited", c.kill_ns)
         failed = first_log(entries, "server.failed", c.kill_ns)
+        exited = first_log(entries, "server.exited", c.kill_ns)
         fatal = first_log(entries, "server.fatal", c.kill_ns)
-        launched = first_log(entries, "server.launched", exited[0]) if exited else None
+        launched = first_log(entries, "server.launched", failed[0]) if failed else None
+        if die is not None and failed is not None:
+            c.parts["die->decided_ms"] = (failed[0] - die) / 1e6
         if die is not None and exited is not None:
-            c.parts["die->exited_ms"] = (exited[0] - die) / 1e6
+            c.parts["die->diagnosed_ms"] = (exited[0] - die) / 1e6
         if failed is not None:
             m = re.search(r"retrying in ([0-9.]+)s", str(failed[1].get("reason", "")))
             if m:
                 c.parts["backoff_s"] = float(m.group(1))
-        if exited is not None and launched is not None:
-            c.parts["exited->launched_s"] = (launched[0] - exited[0]) / 1e9
+        if failed is not None and launched is not None:
+            c.parts["decided->launched_s"] = (launched[0] - failed[0]) / 1e9
         if launched is not None and c.seconds is not None:
             c.parts["launched->serving_s"] = (c.kill_ns + c.seconds * 1e9 - launched[0]) / 1e9
         if c.seconds is None:
@@ -364,6 +378,47 @@ def explain_docker_hang(h: Hang, stop_ns: int, events: DockerEvents, container: 
         if at is not None:
             h.parts[name] = (at - stop_ns) / 1e9
     h.detected = h.parts.get("health_status: unhealthy (detected)")
+
+
+def pause_once(client: docker.DockerClient, server: Server) -> float:
+    """docker pause the server's container; seconds until a chat completion answers again."""
+    t0 = time.monotonic()
+    client.containers.get(server.container).pause()
+    took, why = wait_serving(server, timeout=300, start=t0)
+    with contextlib.suppress(docker.errors.APIError):
+        if client.containers.get(server.container).status == "paused":
+            client.containers.get(server.container).unpause()
+    if took is None:
+        raise RuntimeError(f"{server.label} not serving after docker pause: {why}")
+    print(f"  {server.label} pause: serving again after {took:.2f}s", flush=True)
+    return took
+
+
+def proc_rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process, in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def watch_loads(url: str, seconds: float) -> list[tuple[float, str]]:
+    """Poll the router's /models every 0.25 s for ``seconds``; when each model began loading
+    (what is loaded at the first poll is where it starts, not a load)."""
+    loads: list[tuple[float, str]] = []
+    before: dict[str, str] | None = None
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+            code, body = http_json("GET", f"{url}/models", timeout=2)
+            if code == 200 and isinstance(body, dict):
+                now = {m["id"]: m["status"]["value"] for m in body["data"]}
+                for name, state in now.items():
+                    if before is not None and state in ("loading", "loaded") and before.get(
+                            name) not in ("loading", "loaded"):
+                        loads.append((time.monotonic() - t0, name))
+                before = now
+        time.sleep(0.25)
+    return loads
 
 
 class Autoheal:
@@ -478,6 +533,21 @@ class Results:
     dock_hangs: list[Hang] = field(default_factory=list)
     sup_load: list[Load] = field(default_factory=list)
     plain_load: list[Load] = field(default_factory=list)
+    # Seconds from the engine answering again to a chat completion answering.
+    sup_outage: list[float] = field(default_factory=list)
+    dock_outage: list[float] = field(default_factory=list)
+    sup_outage_failures: int | None = None
+    # docker pause -> a chat completion answers again.
+    sup_pause: list[float] = field(default_factory=list)
+    dock_pause: list[float] = field(default_factory=list)
+    # The supervisor's RSS after IDLE_SECONDS of serving idle, and its peak, in MB.
+    rss_mb: float | None = None
+    rss_peak_mb: float | None = None
+    # Loads the probes caused while nobody used the server, in the first half and the rest.
+    churn_seconds: float = 0.0
+    churn_loads: list[tuple[float, str]] = field(default_factory=list)
+    # The probes' own load tests and restores, in seconds from the supervisor's start.
+    churn_tests: list[tuple[float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -495,7 +565,7 @@ class Bench:
         self.models_dir = self.tmp / "models"
         self.results = Results()
         self._n = 0
-        self._shown: set[bool] = set()
+        self._shown: set[tuple[bool, str]] = set()
 
     # -- setup and teardown -----------------------------------------------------------------
 
@@ -569,11 +639,11 @@ class Bench:
             self.remove(container)
 
     def plain_command(self, template: dict[str, Any], name: str, port: int,
-                      healthcheck: bool) -> list[str]:
+                      healthcheck: bool, restart: str = "on-failure") -> list[str]:
         """``docker run`` of the supervisor's container: same image, arguments, env, mounts."""
         image_env = set(self.client.images.get(self.image).attrs["Config"].get("Env") or [])
         cmd = ["docker", "-H", self.host, "run", "-d", "--name", name,
-               "--restart=on-failure", "-p", f"127.0.0.1:{port}:8080"]
+               f"--restart={restart}", "-p", f"127.0.0.1:{port}:8080"]
         for env in template["Config"].get("Env") or []:
             if env not in image_env:
                 cmd += ["-e", env]
@@ -585,13 +655,13 @@ class Bench:
         return [*cmd, self.image, *template["Config"]["Cmd"]]
 
     @contextlib.contextmanager
-    def plain(self, what: str, template: dict[str, Any], healthcheck: bool = False
-              ) -> Iterator[PlainServer]:
+    def plain(self, what: str, template: dict[str, Any], healthcheck: bool = False,
+              restart: str = "on-failure") -> Iterator[PlainServer]:
         name = self.name(what)
         port = free_port()
-        cmd = self.plain_command(template, name, port, healthcheck)
-        if healthcheck not in self._shown:  # the command once per kind, not per container
-            self._shown.add(healthcheck)
+        cmd = self.plain_command(template, name, port, healthcheck, restart)
+        if (healthcheck, restart) not in self._shown:  # the command once per kind
+            self._shown.add((healthcheck, restart))
             print("  $ docker " + " ".join(cmd[3:]), flush=True)
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -634,15 +704,62 @@ class Bench:
             explain_docker_crashes(r.dock_consecutive, self.events, p.container, self.client)
 
         print(f"\n== crash, spaced: {a.reps} SIGKILLs, each {a.spacing:g}s after the previous "
-              f"one answered (supervisor: restart.stable_after={SPACED_RESTART['stable_after']:g},"
-              f" max_failures={SPACED_RESTART['max_failures']})", flush=True)
-        with self.supervised("spaced", restart=SPACED_RESTART) as s:
+              "one answered (both back-offs reset after 10 s of running; defaults)", flush=True)
+        with self.supervised("spaced") as s:
             r.sup_spaced = crash_series(self.client, s, a.reps, a.spacing, self.failures_note(s))
             time.sleep(0.5)
             explain_supervisor_crashes(r.sup_spaced, self.events, s.container, s.sup.log_path)
         with self.plain("spaced", template) as p:
             r.dock_spaced = crash_series(self.client, p, a.reps, a.spacing)
             explain_docker_crashes(r.dock_spaced, self.events, p.container, self.client)
+
+        print(f"\n== idle: {IDLE_SECONDS:g}s of serving nobody; then the probes' model loads "
+              f"over {a.churn_seconds:g}s (model probes every 1 s, idle after 2 s)", flush=True)
+        with self.supervised("idle") as s:
+            assert s.sup.proc is not None
+            time.sleep(IDLE_SECONDS)
+            r.rss_mb, r.rss_peak_mb = proc_rss_mb(s.sup.proc.pid)
+            print(f"  supervisor RSS after {IDLE_SECONDS:g}s idle: {r.rss_mb:.1f} MB "
+                  f"(peak {r.rss_peak_mb:.1f} MB)", flush=True)
+        with self.supervised("churn", health=MODEL_PROBES) as s:
+            r.churn_seconds = a.churn_seconds
+            r.churn_loads = watch_loads(s.url, a.churn_seconds)
+            entries = supervisor_log(s.sup.log_path)
+            start = entries[0][0] if entries else 0
+            r.churn_tests = [((at - start) / 1e9, str(obj.get("model")))
+                             for at, obj in entries
+                             if obj.get("event") in ("model.load_tested", "model.restored")]
+            print("  loads the probes caused, from the supervisor's start: "
+                  + (", ".join(f"{m} at {t:.1f}s" for t, m in r.churn_tests) or "none"),
+                  flush=True)
+            print(f"  model loads seen in the next {a.churn_seconds:g}s of idleness: "
+                  f"{len(r.churn_loads)} "
+                  + ", ".join(f"{m} at {t:.1f}s" for t, m in r.churn_loads), flush=True)
+
+        print(f"\n== docker pause, {a.pause_reps} repetition(s) (Docker: HEALTHCHECK at "
+              "its defaults + autoheal every 5 s)", flush=True)
+        with self.supervised("pause") as s:
+            for _ in range(a.pause_reps):
+                r.sup_pause.append(pause_once(self.client, s))
+                time.sleep(1.0)
+        self.autoheal = Autoheal(self.host)
+        try:
+            with self.plain("pause", template, healthcheck=True) as p:
+                for _ in range(a.pause_reps):
+                    r.dock_pause.append(pause_once(self.client, p))
+                    time.sleep(1.0)
+        finally:
+            self.autoheal.close()
+            self.autoheal = None
+
+        print(f"\n== the Docker engine stopped for {OUTAGE_SECONDS:g}s and started again "
+              "(Docker: --restart=unless-stopped)", flush=True)
+        with self.supervised("outage") as s:
+            r.sup_outage.append(self.outage_once(s))
+            st = s.sup.try_status()
+            r.sup_outage_failures = None if st is None else int(st["recent_failures"])
+        with self.plain("outage", template, restart="unless-stopped") as p:
+            r.dock_outage.append(self.outage_once(p))
 
         if a.skip_hang:
             return
@@ -666,6 +783,17 @@ class Bench:
         finally:
             self.autoheal.close()
             self.autoheal = None
+
+    def outage_once(self, server: Server) -> float:
+        """Stop dockerd for OUTAGE_SECONDS; seconds from it answering again to serving."""
+        assert self.dockerd is not None
+        back = self.dockerd.restart(down_for=OUTAGE_SECONDS)
+        took, why = wait_serving(server, timeout=120, start=back)
+        if took is None:
+            raise RuntimeError(f"{server.label} not serving after the engine came back: {why}")
+        print(f"  {server.label}: serving {took:.2f}s after the engine answered again",
+              flush=True)
+        return took
 
     def load_supervised(self, rnd: int) -> dict[str, Any]:
         """One load window against a supervised server; returns its container's inspect."""
@@ -791,9 +919,19 @@ def print_summary(r: Results, args: argparse.Namespace, image: str) -> None:
     print(crash_row(f"SIGKILL → chat answers again, {len(r.sup_consecutive)} consecutive "
                     f"crashes {args.settle:g} s apart (defaults)",
                     r.sup_consecutive, r.dock_consecutive))
-    print(crash_row(f"SIGKILL → chat answers again, crashes {args.spacing:g} s apart "
-                    "(back-offs reset; supervisor stable_after 5 s, max_failures 100)",
+    print(crash_row(f"SIGKILL → chat answers again, {len(r.sup_spaced)} crashes "
+                    f"{args.spacing:g} s apart (both back-offs reset; defaults)",
                     r.sup_spaced, r.dock_spaced))
+    if r.sup_outage or r.dock_outage:
+        lost = ("" if r.sup_outage_failures is None else
+                f"; failures counted: {r.sup_outage_failures}")
+        print(f"| Docker engine stopped {OUTAGE_SECONDS:g} s → chat answers again, from the "
+              f"engine answering (Docker: --restart=unless-stopped) | {secs(r.sup_outage)}{lost} "
+              f"| {secs(r.dock_outage)} | {ratio(r.sup_outage, r.dock_outage)} |")
+    if r.sup_pause or r.dock_pause:
+        print(f"| docker pause → chat answers again (Docker: HEALTHCHECK defaults + autoheal "
+              f"every 5 s) | {secs(r.sup_pause)} | {secs(r.dock_pause)} | "
+              f"{ratio(r.sup_pause, r.dock_pause)} |")
     if r.sup_hangs or r.dock_hangs:
         sd = [h.detected for h in r.sup_hangs if h.detected is not None]
         dd = [h.detected for h in r.dock_hangs if h.detected is not None]
@@ -803,10 +941,10 @@ def print_summary(r: Results, args: argparse.Namespace, image: str) -> None:
               f"health_status unhealthy) | {secs(sd)} | {secs(dd)} | {ratio(sd, dd)} |")
         print(f"| SIGSTOP → chat answers again (Docker: HEALTHCHECK defaults + autoheal "
               f"every 5 s) | {secs(ss)} | {secs(ds)} | {ratio(ss, ds)} |")
-    det = [c.parts["die->exited_ms"] for c in (*r.sup_consecutive, *r.sup_spaced)
-           if "die->exited_ms" in c.parts]
+    det = [c.parts["die->decided_ms"] for c in (*r.sup_consecutive, *r.sup_spaced)
+           if "die->decided_ms" in c.parts]
     if det:
-        print(f"| engine `die` event → supervisor's `server.exited` | "
+        print(f"| engine `die` event → supervisor's decision (`server.failed`) | "
               f"{statistics.median(det):.0f} ms ({min(det):.0f}{DASH}{max(det):.0f}, n={len(det)})"
               " | — | — |")
     sl, pl = [x.rps for x in r.sup_load], [x.rps for x in r.plain_load]
@@ -830,6 +968,15 @@ def print_summary(r: Results, args: argparse.Namespace, image: str) -> None:
     if cpu:
         print(f"| supervisor's own CPU during that load | {100 * statistics.median(cpu):.1f}% "
               "of one core | — | — |")
+    if r.rss_mb is not None:
+        print(f"| supervisor's RSS after {IDLE_SECONDS:g} s serving idle (docker runtime) | "
+              f"{r.rss_mb:.1f} MB (peak {r.rss_peak_mb:.1f} MB) | — | — |")
+    if r.churn_seconds:
+        first = ", ".join(f"{m} {t:.0f} s" for t, m in r.churn_tests) or "none"
+        print(f"| model loads the probes caused, model probes every 1 s, idle after 2 s: at "
+              f"start (the once-per-revision load tests and the restore) / in the next "
+              f"{r.churn_seconds:g} s idle | {len(r.churn_tests)} ({first}) / "
+              f"{len(r.churn_loads)} | — | — |")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -845,11 +992,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="pairs of supervised/plain load windows, order alternated (default 4)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="pause between answering again and the next consecutive crash")
-    p.add_argument("--spacing", type=float, default=11.0,
-                   help="pause before each spaced crash (Docker resets its back-off after 10 s)")
+    p.add_argument("--spacing", type=float, default=12.0,
+                   help="pause before each spaced crash (both back-offs reset after 10 s)")
+    p.add_argument("--pause-reps", type=int, default=3, help="docker pauses per contender")
+    p.add_argument("--churn-seconds", type=float, default=120.0,
+                   help="how long to watch for model loads the probes cause while idle")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.skip_hang, args.load_seconds, args.load_rounds = 2, True, 10.0, 2
+        args.pause_reps, args.churn_seconds = 1, 30.0
     return args
 
 

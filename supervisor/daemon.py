@@ -20,6 +20,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ MIN_WAIT_SECONDS = 0.01
 SHUTDOWN_MARGIN_SECONDS = 5.0
 # A forced shutdown that still has not finished after this long exits regardless.
 FORCED_EXIT_SECONDS = 10.0
+# Threads for blocking work (config checks, docker-py calls, log reads): at most a runtime
+# effect, a diagnosis and a check run at once, so a few suffice on any machine.
+IO_THREADS = 4
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -138,7 +142,8 @@ class Daemon:
         self._effects = EffectWorker(self._runtime, self._prober, self.post, clock,
                                      drain_poll=drain_poll)
         self.server = ServerOwner(settings, self._effects, self._prober, self._runtime.logs,
-                                  self.post, self._notices.append, self.journal, clock,
+                                  self._runtime.exit_details, self.post,
+                                  self._notices.append, self.journal, clock,
                                   wall=wall, rand=rand)
         self.models = ModelsOwner(settings, engine, self._prober, self.post,
                                   self._notices.append, self.journal, clock, rand)
@@ -392,6 +397,8 @@ class Daemon:
 
         Returns an exit code when the daemon must not run (invalid config at boot).
         """
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="supervisor-io"))
         checked = await asyncio.to_thread(check, self.settings, self._engine)
         outcome, _ = self.config.on_validated(Validated(0, "supervisor start", checked))
         if outcome is CheckOutcome.REJECTED:

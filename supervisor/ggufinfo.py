@@ -13,6 +13,7 @@ reads go through one counter with a byte budget, so a hostile or damaged file co
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import stat
@@ -21,16 +22,32 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from gguf import (
-    GGML_QUANT_SIZES,
-    GGUF_DEFAULT_ALIGNMENT,
-    GGMLQuantizationType,
-    GGUFValueType,
-    Keys,
-    LlamaFileType,
-)
+
+def _gguf_constants() -> Any:
+    """The ``gguf`` package's own constants module (value types, quantisation block sizes,
+    metadata keys), loaded on its own: it needs only the standard library, while importing
+    the package pulls in numpy and its reader (about 18 MB the daemon has no use for)."""
+    spec = importlib.util.find_spec("gguf")
+    if spec is None or spec.origin is None:
+        raise ImportError("the gguf package is not installed")
+    path = Path(spec.origin).with_name("constants.py")
+    loader = importlib.util.spec_from_file_location("supervisor._gguf_constants", path)
+    if loader is None or loader.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+_C = _gguf_constants()
+GGML_QUANT_SIZES: dict[Any, tuple[int, int]] = _C.GGML_QUANT_SIZES
+GGUF_DEFAULT_ALIGNMENT: int = _C.GGUF_DEFAULT_ALIGNMENT
+GGMLQuantizationType: Any = _C.GGMLQuantizationType
+GGUFValueType: Any = _C.GGUFValueType
+Keys: Any = _C.Keys
+LlamaFileType: Any = _C.LlamaFileType
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024 * 1024
 """Read budget per file: the largest real headers (256k-token vocabularies with merges) are
@@ -578,7 +595,7 @@ def _alignment(meta: dict[str, Scalar], src: _Source) -> int:
     return value
 
 
-def _quant_type(raw: int) -> GGMLQuantizationType | None:
+def _quant_type(raw: int) -> Any:
     try:
         qtype = GGMLQuantizationType(raw)
     except ValueError:
@@ -588,7 +605,7 @@ def _quant_type(raw: int) -> GGMLQuantizationType | None:
 
 def _file_type_name(value: int) -> str:
     try:
-        return LlamaFileType(value).name
+        return str(LlamaFileType(value).name)
     except ValueError:
         return f"UNKNOWN_{value}"
 

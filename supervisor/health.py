@@ -42,7 +42,7 @@ class Probing(Protocol):
 
     async def loaded(self) -> dict[str, LoadState] | None: ...
 
-    async def activity(self, loaded: list[str]) -> Activity: ...
+    async def activity(self, loaded: list[str], timeout: float | None = None) -> Activity: ...
 
     async def close(self) -> None: ...
 
@@ -134,7 +134,7 @@ class Prober:
         except ValueError:
             return None
 
-    async def activity(self, loaded: list[str]) -> Activity:
-        timeout = self._timeout.total or 5
-        answers = [await self.call(c, timeout) for c in self._engine.activity_calls(loaded)]
+    async def activity(self, loaded: list[str], timeout: float | None = None) -> Activity:
+        wait = timeout or self._timeout.total or 5
+        answers = [await self.call(c, wait) for c in self._engine.activity_calls(loaded)]
         return self._engine.activity(answers)

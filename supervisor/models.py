@@ -35,6 +35,11 @@ log = structlog.get_logger("supervisor")
 
 # What one model probe may add to the engine's work counter (n_decode / api_call count).
 PROBE_WORK = 2.0
+# After a probe timed out, the model's progress counter is watched this long (at least) for
+# any advance: a long prompt advances it one batch at a time, seconds apart; a hung model not
+# at all. The readings themselves may wait for the batch being decoded.
+PROGRESS_WINDOW_MIN = 10.0
+PROGRESS_POLL_SECONDS = 1.0
 SMOKE_PROMPT = "Say hello in one short sentence."
 
 
@@ -237,7 +242,9 @@ class ModelsOwner:
                          if e.name == name)
         call = self._engine.probe_call(name, embeddings, allow_load=probe.allow_load)
         # How much the model has done so far: a timeout while it keeps working is "busy".
-        before = None if probe.allow_load else (await self._prober.activity([name])).work
+        window = max(2 * self._rules.timeout, PROGRESS_WINDOW_MIN)
+        before = None if probe.allow_load else (
+            await self._prober.activity([name], timeout=window)).work
         status, text = await self._prober.call(call, probe.timeout)
         if status == 200:
             self._post(ModelProbed(token, name, True, "", load_test=probe.allow_load,
@@ -248,14 +255,26 @@ class ModelsOwner:
             return
         detail = f"HTTP {status}: {text[:300]}" if status else text
         if status == 0 and before is not None:
-            after = (await self._prober.activity([name])).work
-            if after is not None and after > before:
+            moved = await self._progress(name, before, window)
+            if moved:
                 self._post(ModelProbed(token, name, False, f"busy, not hung: {detail} while "
-                                       f"it decoded {after - before:g} more batch(es)",
-                                       skipped=True))
+                                       f"it decoded {moved:g} more batch(es)", skipped=True))
                 return
         self._post(ModelProbed(token, name, False, detail, load_test=probe.allow_load,
                                restore=restore))
+
+    async def _progress(self, name: str, before: float, window: float) -> float:
+        """How far the model's decode counter moved past ``before`` within ``window``
+        seconds (0: not at all, or it could not be read)."""
+        deadline = asyncio.get_running_loop().time() + window
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return 0.0
+            work = (await self._prober.activity([name], timeout=left)).work
+            if work is not None and work > before:
+                return work - before
+            await asyncio.sleep(min(PROGRESS_POLL_SECONDS, max(0.0, left)))
 
     async def _restore(self, token: str, names: tuple[str, ...], after: str) -> None:
         """Load again what a load test of ``after`` swapped out (one request each)."""

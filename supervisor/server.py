@@ -124,6 +124,7 @@ class ServingChanged:
 class ServerOwner:
     def __init__(self, settings: Settings, effects: EffectWorker, prober: Probing,
                  logs: Callable[[int, InstanceExited | None], Awaitable[list[str]]],
+                 exit_details: Callable[[InstanceExited], Awaitable[InstanceExited]],
                  post: Callable[[Any], None], notify: Callable[[Any], None], journal: Journal,
                  clock: Callable[[], float], *, wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
@@ -132,6 +133,7 @@ class ServerOwner:
         self._effects = effects
         self._prober = prober
         self._read_logs = logs
+        self._exit_details = exit_details
         # post: outcomes of this owner's tasks (queued for the loop); notify: news for the
         # other owners, delivered in this same turn before the loop's housekeeping.
         self._post = post
@@ -310,6 +312,7 @@ class ServerOwner:
 
     async def _diagnose(self, exited: InstanceExited, then: State) -> None:
         try:
+            exited = await asyncio.wait_for(self._exit_details(exited), 5)
             lines = await asyncio.wait_for(self._read_logs(LOG_LINES_FOR_DIAGNOSIS, exited), 5)
         except (TimeoutError, OSError):
             lines = []

@@ -78,10 +78,11 @@ def wait_healthy(
     raise TimeoutError(f"{base_url}/health not 200 after {timeout:.0f}s:\n{logs()}")
 
 
-def chat(base_url: str, model: str, max_tokens: int = 8, timeout: float = 120) -> tuple[int, Any]:
+def chat(base_url: str, model: str, max_tokens: int = 8, timeout: float = 120,
+         content: str = "hi") -> tuple[int, Any]:
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": "hi"}],
+        "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
     }
     return http_json("POST", f"{base_url}/v1/chat/completions", body, timeout=timeout)

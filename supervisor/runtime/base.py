@@ -32,6 +32,8 @@ class InstanceExited:
     outage: bool = False
     # Wall-clock time of the exit when known (its log ends there).
     at: float | None = None
+    # The container id (docker), for what is asked about the exit afterwards.
+    ident: str = ""
 
     @property
     def reason(self) -> str:
@@ -108,6 +110,10 @@ class Runtime(Protocol):
 
     async def detach(self) -> None:
         """Stop watching but leave the instance running (on_stop = leave)."""
+        ...
+
+    async def exit_details(self, exited: InstanceExited) -> InstanceExited:
+        """What the fast exit report left out (OOMKilled), asked after the relaunch began."""
         ...
 
     async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:

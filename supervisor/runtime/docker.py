@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import docker
@@ -41,6 +43,7 @@ LABEL_REVISION = "io.localai-supervisor.revision"
 log = structlog.get_logger("supervisor.runtime.docker")
 
 _FIRST_RECONNECT_DELAY = 0.1
+_SOCKET_POLL_SECONDS = 0.1
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -120,6 +123,8 @@ class DockerRuntime:
         self._stream: Any = None
         # (container id, start ns, token) of the instance we watch; None while none.
         self._current: tuple[str, int, str] | None = None
+        # Containers with an "oom" event since their start: that event precedes their "die".
+        self._oom: set[str] = set()
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -160,8 +165,8 @@ class DockerRuntime:
     # -- the event stream -------------------------------------------------------------------
 
     def _watch_events(self) -> None:
-        # Reconnect fast: a refused connect costs next to nothing, and every second the
-        # engine is back but unseen is a second the server is not restarted.
+        # Reconnect fast: every second the engine is back but unseen is a second the server is
+        # not restarted. A missing unix socket is watched for; refused connects back off.
         delay = _FIRST_RECONNECT_DELAY
         connected = True
         while not self._stop.is_set():
@@ -193,6 +198,8 @@ class DockerRuntime:
                 if connected:
                     connected = False
                     self._send(RuntimeConnection(False, f"{type(exc).__name__}: {exc}"))
+                if self._await_socket():
+                    continue  # it is there again: connect at once
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._settings.docker.reconnect_max_delay)
             finally:
@@ -200,6 +207,20 @@ class DockerRuntime:
                 if client is not None:
                     with contextlib.suppress(Exception):
                         client.close()
+
+    def _socket_path(self) -> str | None:
+        url = self._base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return url.removeprefix("unix://") if url.startswith("unix://") else None
+
+    def _await_socket(self) -> bool:
+        """While the engine's unix socket is gone (the engine stopped and removed it), look
+        for it every 0.1 s, which costs a stat, instead of connecting. True once it is back."""
+        path = self._socket_path()
+        if path is None or os.path.exists(path):
+            return False
+        while not self._stop.is_set() and not os.path.exists(path):
+            self._stop.wait(_SOCKET_POLL_SECONDS)
+        return not self._stop.is_set()
 
     def _on_event(self, client: docker.DockerClient, event: dict[str, Any]) -> None:
         action = str(event.get("status", event.get("Action", "")))
@@ -210,6 +231,7 @@ class DockerRuntime:
         if current is None or cid != current[0] or when < current[1]:
             return
         if action == "oom":
+            self._oom.add(cid)
             log.warning("container.oom", container=cid[:12],
                         action="the die event that follows triggers the restart")
             return
@@ -226,11 +248,12 @@ class DockerRuntime:
             return
         attrs = event.get("Actor", {}).get("Attributes", {})
         code = attrs.get("exitCode")
-        oom = False
-        with contextlib.suppress(Exception):
-            oom = bool(client.api.inspect_container(cid)["State"].get("OOMKilled"))
+        # Report at once: the relaunch waits for nothing. An OOM kill announced itself with an
+        # "oom" event; a SIGKILL without one is checked by exit_details, after the relaunch.
+        oom = cid in self._oom
+        self._oom.discard(cid)
         self._exit_once(InstanceExited(current[2], int(code) if code is not None else None, oom,
-                                       at=when / 1e9 if when else time.time()))
+                                       at=when / 1e9 if when else time.time(), ident=cid))
 
     def _recheck(self, client: docker.DockerClient) -> None:
         """After a reconnect: did the container die while we could not see events?"""
@@ -378,6 +401,23 @@ class DockerRuntime:
     async def detach(self) -> None:
         with self._lock:
             self._current = None
+
+    async def exit_details(self, exited: InstanceExited) -> InstanceExited:
+        if exited.oom_killed or not exited.ident or exited.exit_code not in (137, -9, None):
+            return exited
+
+        def work() -> bool:
+            # Best effort: asked as soon as the exit is decided on, which is before the
+            # relaunch starts the container again (and resets the flag) in practice; the
+            # "oom" event covers the usual case without asking at all.
+            state = self._api().api.inspect_container(exited.ident)["State"]
+            return bool(state.get("OOMKilled"))
+
+        try:
+            oom = await asyncio.to_thread(work)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return exited
+        return replace(exited, oom_killed=oom)
 
     async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
         # A relaunch restarts the same container and its log goes on: a dead instance's

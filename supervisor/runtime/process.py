@@ -179,6 +179,9 @@ class ProcessRuntime:
         # A child process cannot outlive our watch usefully: `leave` still stops it.
         await self.terminate(10)
 
+    async def exit_details(self, exited: InstanceExited) -> InstanceExited:
+        return exited  # a child's exit status says all there is
+
     async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
         def tail() -> list[str]:
             try:

@@ -297,3 +297,39 @@ def test_docker_engine_down_for_a_while_under_the_supervisor(make_supervised,
     events = [e["event"] for e in st["recent_events"]]
     assert "runtime.disconnected" in events and "runtime.reconnected" in events, events
 
+
+
+# ---- busy is not hung ----------------------------------------------------------------------
+
+
+def test_a_long_prompt_is_busy_not_hung(proc_sup, models: Path) -> None:
+    # A bigger "tiny" model with a long trained context: a prompt of thousands of tokens takes
+    # many seconds, much longer than the model probe's timeout below.
+    write_tiny_llama(models / "long.gguf", seed=7, name="long", context_length=32768,
+                     n_layer=4, n_embd=256, n_head=4, n_ff=768)
+    sup = proc_sup({"long": "long.gguf"},
+                   health={**DEFAULT_LIVENESS, "model_interval": 0.5, "model_timeout": 1.0,
+                           "model_failure_threshold": 1, "model_restarts": 1})
+    sup.config_file.write_text("- name: long\n  context_size: 16384\n  parameters:\n"
+                               "    model: long.gguf\n    max_tokens: 4\n")
+    sup.start()
+    sup.wait_running()
+    wait_chat(sup.server_url, "long")  # loaded: from now on it is probed every 0.5 s
+    prompt = " ".join(f"word{i % 97}" for i in range(1400))  # ~9,000 byte tokens
+    t0 = time.monotonic()
+    code, body = chat(sup.server_url, "long", max_tokens=4, timeout=300, content=prompt)
+    took = time.monotonic() - t0
+    assert code == 200, body
+    # A probe that timed out during the prompt reports once it has seen the model progress.
+    deadline = time.monotonic() + 15
+    skipped: list[str] = []
+    while not skipped and time.monotonic() < deadline:
+        skipped = [line for line in sup.logs(2000).splitlines() if "busy, not hung" in line]
+        time.sleep(0.2)
+    st = sup.status()
+    print(f"long prompt answered in {took:.1f}s; {len(skipped)} probe(s) found it busy")
+    assert took > 3.0, "the prompt was too quick to test anything"
+    assert skipped, "no probe ran into the busy model: the test proved nothing"
+    assert st["restarts"] == 0 and st["model_restarts"] == 0, st
+    long = next(m for m in st["models"] if m["name"] == "long")
+    assert long["health"] != "failed" and long["restarts"] == 0, long

@@ -141,6 +141,9 @@ class FakeRuntime:
     async def detach(self) -> None:
         self.current = None
 
+    async def exit_details(self, exited: InstanceExited) -> InstanceExited:
+        return exited
+
     async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
         self.log_reads.append(exited.token if exited else None)
         if self.log_gate is not None:
@@ -182,6 +185,10 @@ class FakeProber:
     router: bool = False
     resident: list[str] = field(default_factory=list)
     swaps: list[str] = field(default_factory=list)
+    # Model probes get no answer in time; the decode counter moves this much per reading.
+    probes_time_out: bool = False
+    progress_per_read: float = 0.0
+    work: float = 0.0
 
     async def liveness(self, instance: str) -> ProbeResult:
         if not self.alive and self.clock is not None:
@@ -201,6 +208,8 @@ class FakeProber:
 
     async def call(self, call: Call, timeout: float) -> tuple[int, str]:
         self.calls.append(call)
+        if self.probes_time_out and call.path.startswith("/v1/chat/completions"):
+            return 0, f"no answer within {timeout:g}s"
         model = (call.body or {}).get("model")
         if self.router and isinstance(model, str) and model not in self.resident:
             if "autoload=false" in call.path:
@@ -212,8 +221,9 @@ class FakeProber:
     async def loaded(self) -> dict[str, LoadState] | None:
         return {}
 
-    async def activity(self, loaded: list[str]) -> Activity:
-        return Activity(0.0, self.in_flight)
+    async def activity(self, loaded: list[str], timeout: float | None = None) -> Activity:
+        self.work += self.progress_per_read
+        return Activity(self.work, self.in_flight)
 
     async def close(self) -> None:
         pass

@@ -408,6 +408,33 @@ async def test_a_server_that_served_is_never_given_up_on(h: Harness) -> None:
     assert st.crash_looping and st.recent_failures >= 3
 
 
+# ---- busy is not hung ------------------------------------------------------------------------
+
+
+async def test_a_model_probe_that_times_out_while_the_model_progresses_is_busy(
+        tmp_path: Path) -> None:
+    from daemonkit import make_settings
+
+    settings = make_settings(tmp_path, model_probes=True, model_interval=1.0,
+                             model_failure_threshold=1)
+    h = Harness(tmp_path, settings)
+    h.prober.router, h.prober.resident = True, ["tiny-a"]
+    await h.start()
+    await h.running()
+    await h.tick(1.0)
+    assert h.daemon.status().models[0].health.value == "healthy"
+    h.prober.probes_time_out, h.prober.progress_per_read = True, 1.0  # a long prompt
+    for _ in range(10):
+        await h.tick(1.0)
+    await h.settle()
+    st = h.daemon.status()
+    assert st.model_restarts == 0 and st.restarts == 0
+    assert st.models[0].health.value == "healthy"
+    probes = [c for c in h.prober.calls if c.path.startswith("/v1/chat/completions")]
+    assert len(probes) >= 5  # it kept being probed, and each time it was busy
+    await h.close()
+
+
 # ---- probes that never churn ---------------------------------------------------------------
 
 TWO_MODELS = CONFIG + CONFIG.replace("tiny-a", "tiny-b")
@@ -426,8 +453,8 @@ async def test_an_hour_of_idleness_causes_no_probe_swaps(tmp_path: Path) -> None
     await h.start()
     await h.running()
     swaps_at = []
-    for minute in range(60):
-        for _ in range(12):
+    for _minute in range(60):
+        for _step in range(12):
             await h.tick(5.0)
         swaps_at.append(len(h.prober.swaps))
     # Each model's ability to load is tested once (tiny-a, then tiny-b, which evicts tiny-a,
@@ -570,3 +597,17 @@ async def _interleave(base: Path, ops: list[str]) -> None:
 def test_random_interleavings_never_leave_an_untracked_instance(tmp_path: Path,
                                                                 ops: list[str]) -> None:
     asyncio.run(_interleave(tmp_path, ops))
+
+
+async def test_a_given_up_server_shows_no_model_as_listed_or_loaded(h: Harness) -> None:
+    h.prober.router, h.prober.resident = True, ["tiny-a"]
+    await h.start()
+    await h.running()
+    await h.tick(h.settings.health.interval)  # a probe cycle: tiny-a listed and loaded
+    (model,) = h.daemon.status().models
+    assert model.listed and model.loaded
+    h.runtime.fail_next = "image 'localai' not found"  # the relaunch cannot happen
+    h.runtime.crash()
+    await h.until(lambda: h.state == "FATAL", "FATAL")
+    (model,) = h.daemon.status().models
+    assert not model.listed and not model.loaded and model.state is None
