@@ -380,8 +380,10 @@ def explain_docker_hang(h: Hang, stop_ns: int, events: DockerEvents, container: 
     h.detected = h.parts.get("health_status: unhealthy (detected)")
 
 
-def pause_once(client: docker.DockerClient, server: Server) -> float:
-    """docker pause the server's container; seconds until a chat completion answers again."""
+def pause_once(client: docker.DockerClient, server: Server) -> tuple[float, bool]:
+    """docker pause the server's container: (seconds until a chat completion answers again,
+    whether the container was restarted for it, as seen 1 s after that answer)."""
+    started = client.containers.get(server.container).attrs["State"]["StartedAt"]
     t0 = time.monotonic()
     client.containers.get(server.container).pause()
     took, why = wait_serving(server, timeout=300, start=t0)
@@ -390,8 +392,11 @@ def pause_once(client: docker.DockerClient, server: Server) -> float:
             client.containers.get(server.container).unpause()
     if took is None:
         raise RuntimeError(f"{server.label} not serving after docker pause: {why}")
-    print(f"  {server.label} pause: serving again after {took:.2f}s", flush=True)
-    return took
+    time.sleep(1.0)
+    restarted = client.containers.get(server.container).attrs["State"]["StartedAt"] != started
+    print(f"  {server.label} pause: serving again after {took:.2f}s"
+          f"{', restarted' if restarted else ', not restarted'}", flush=True)
+    return took, restarted
 
 
 def proc_rss_mb(pid: int) -> tuple[float, float]:
@@ -540,6 +545,9 @@ class Results:
     # docker pause -> a chat completion answers again.
     sup_pause: list[float] = field(default_factory=list)
     dock_pause: list[float] = field(default_factory=list)
+    # How many of those pauses ended in a restart of the container (models loaded again).
+    sup_pause_restarts: int = 0
+    dock_pause_restarts: int = 0
     # The supervisor's RSS after IDLE_SECONDS of serving idle, and its peak, in MB.
     rss_mb: float | None = None
     rss_peak_mb: float | None = None
@@ -740,14 +748,16 @@ class Bench:
               "its defaults + autoheal every 5 s)", flush=True)
         with self.supervised("pause") as s:
             for _ in range(a.pause_reps):
-                r.sup_pause.append(pause_once(self.client, s))
-                time.sleep(1.0)
+                took, restarted = pause_once(self.client, s)
+                r.sup_pause.append(took)
+                r.sup_pause_restarts += restarted
         self.autoheal = Autoheal(self.host)
         try:
             with self.plain("pause", template, healthcheck=True) as p:
                 for _ in range(a.pause_reps):
-                    r.dock_pause.append(pause_once(self.client, p))
-                    time.sleep(1.0)
+                    took, restarted = pause_once(self.client, p)
+                    r.dock_pause.append(took)
+                    r.dock_pause_restarts += restarted
         finally:
             self.autoheal.close()
             self.autoheal = None
@@ -930,8 +940,9 @@ def print_summary(r: Results, args: argparse.Namespace, image: str) -> None:
               f"| {secs(r.dock_outage)} | {ratio(r.sup_outage, r.dock_outage)} |")
     if r.sup_pause or r.dock_pause:
         print(f"| docker pause → chat answers again (Docker: HEALTHCHECK defaults + autoheal "
-              f"every 5 s) | {secs(r.sup_pause)} | {secs(r.dock_pause)} | "
-              f"{ratio(r.sup_pause, r.dock_pause)} |")
+              f"every 5 s) | {secs(r.sup_pause)}; restarted {r.sup_pause_restarts} of "
+              f"{len(r.sup_pause)} | {secs(r.dock_pause)}; restarted {r.dock_pause_restarts} of "
+              f"{len(r.dock_pause)} | {ratio(r.sup_pause, r.dock_pause)} |")
     if r.sup_hangs or r.dock_hangs:
         sd = [h.detected for h in r.sup_hangs if h.detected is not None]
         dd = [h.detected for h in r.dock_hangs if h.detected is not None]

@@ -29,7 +29,14 @@ import structlog
 
 from . import __version__
 from .configuration import ConfigApplied, ConfigOwner, Validated, check
-from .effects import DRAIN_POLL_SECONDS, EffectWorker, FindDone, LaunchDone, TerminateDone
+from .effects import (
+    DRAIN_POLL_SECONDS,
+    EffectWorker,
+    FindDone,
+    LaunchDone,
+    TerminateDone,
+    UnpauseDone,
+)
 from .engines import engine_for
 from .health import Prober, Probing
 from .models import ModelProbed, ModelRestarted, ModelRestored, ModelsOwner, Smoked
@@ -159,6 +166,7 @@ class Daemon:
             FindDone: self.server.on_found,
             LaunchDone: self.server.on_launched,
             TerminateDone: self.server.on_terminated,
+            UnpauseDone: self.server.on_unpaused,
             InstanceExited: self.server.on_exited,
             Diagnosed: self.server.on_diagnosed,
             InstanceHealth: self.server.on_health,

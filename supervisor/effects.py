@@ -1,4 +1,5 @@
-"""Runtime effects, strictly one after another: find, launch, terminate (with its drain).
+"""Runtime effects, strictly one after another: find, launch, unpause, terminate (with its
+drain).
 
 The server owner submits effects; one worker task performs them in order and reports each
 one's outcome as exactly one event. A stop decided while a launch is in flight therefore acts
@@ -57,7 +58,14 @@ class Terminate:
     hung: bool = False
 
 
-Effect = Find | Launch | Terminate
+@dataclass(frozen=True)
+class Unpause:
+    """Thaw the runtime's current instance (``token``, for the outcome)."""
+
+    token: str
+
+
+Effect = Find | Launch | Terminate | Unpause
 
 
 # ---- outcomes (one per effect, posted to the loop) ------------------------------------------
@@ -94,7 +102,13 @@ class TerminateDone:
     drain: DrainResult | None
 
 
-Outcome = FindDone | LaunchDone | TerminateDone
+@dataclass(frozen=True)
+class UnpauseDone:
+    token: str
+    error: str | None = None
+
+
+Outcome = FindDone | LaunchDone | TerminateDone | UnpauseDone
 
 
 class EffectWorker:
@@ -149,6 +163,12 @@ class EffectWorker:
                 return LaunchDone(None, str(exc), exc.permanent, exc.engine_down)
             except OSError as exc:
                 return LaunchDone(None, f"cannot write the rendered files: {exc}")
+        if isinstance(effect, Unpause):
+            try:
+                await self._runtime.unpause()
+            except Exception as exc:  # the runtime's own errors vary (docker-py, OS)
+                return UnpauseDone(effect.token, f"{type(exc).__name__}: {exc}")
+            return UnpauseDone(effect.token)
         return await self._terminate(effect)
 
     async def _terminate(self, effect: Terminate) -> TerminateDone:

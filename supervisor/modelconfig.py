@@ -474,8 +474,12 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
         rel = entry.parameters.model
         where = f"{entry.name}.parameters.model"
         line = _field_line(src.node, ("parameters", "model"))
-        target = resolve_model_path(models_dir, rel) if rel else None
-        if rel and target is None:
+        target = resolve_model_path(models_dir, rel) if rel and "\0" not in rel else None
+        if rel and "\0" in rel:
+            problems.append(Problem(src.file, f"{rel!r} contains a NUL byte: no file can have "
+                                    "that name", line=line, field=where, code="bad-path",
+                                    model=entry.name))
+        elif rel and target is None:
             problems.append(Problem(src.file, f"{rel!r} escapes the models dir {models_dir}",
                                     line=line, field=where, code="path-escape", model=entry.name))
         elif rel and target is not None:

@@ -147,6 +147,15 @@ class Paused:
 
 
 @dataclass(frozen=True)
+class Unpaused:
+    """The outcome of the ``Unpause`` the policy asked for; ``error`` None when it worked."""
+
+    instance: str
+    error: str | None = None
+    rand: float = 0.5
+
+
+@dataclass(frozen=True)
 class Stopped:
     """A stop the supervisor asked for has completed."""
 
@@ -183,7 +192,7 @@ class Tick:
 
 Event = (
     Start | Stop | Restart | Escalate | Adopted | Launched | LaunchFailed | Exited | Paused
-    | Stopped | ProbeResult | EngineDown | EngineUp | Tick
+    | Unpaused | Stopped | ProbeResult | EngineDown | EngineUp | Tick
 )
 
 # ---- actions ------------------------------------------------------------------------------
@@ -211,6 +220,13 @@ class Terminate:
 
 
 @dataclass(frozen=True)
+class Unpause:
+    """Thaw the current instance: it keeps its loaded models and the requests it holds."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Announce:
     """A state change worth one structured log event and a systemd STATUS= line."""
 
@@ -219,7 +235,7 @@ class Announce:
     level: Level = Level.INFO
 
 
-Action = Launch | Terminate | Announce
+Action = Launch | Terminate | Unpause | Announce
 
 
 # ---- state --------------------------------------------------------------------------------
@@ -349,6 +365,17 @@ def _counted(m: Machine) -> Machine:
     return replace(m, restarts=m.restarts + (m.launching is not None), launching=None)
 
 
+def _exit_was_the_outage(m: Machine, now: float) -> Machine:
+    """The engine went away within OUTAGE_EXIT_SECONDS of the last failure after an exit:
+    that exit was its shutdown. Uncount it and the failed relaunches since."""
+    if m.before_exit is None or not m.failures or now - m.failures[-1] >= OUTAGE_EXIT_SECONDS:
+        return m
+    failures, attempt, unready = m.before_exit
+    return replace(m, failures=failures, attempt=attempt, unready=unready, before_exit=None,
+                   cause=RestartReason.ENGINE_OUTAGE,
+                   launching=None if m.launching is None else RestartReason.ENGINE_OUTAGE)
+
+
 def _wait(m: Machine, now: float, reason: str) -> Decision:
     """Nothing can be launched while the engine is away: wait for it, counting nothing."""
     return Decision(
@@ -400,12 +427,8 @@ def _launch_failed(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, LaunchFailed)
     if e.engine_down or not m.engine_up:
         # Nothing was started: the next launch is the same restart (or first start) again.
-        m2 = replace(m, unreachable=True, before_exit=None, cause=m.launching)
-        if m.before_exit is not None and m.failures and now - m.failures[-1] < OUTAGE_EXIT_SECONDS:
-            failures, attempt, unready = m.before_exit
-            m2 = replace(m2, failures=failures, attempt=attempt, unready=unready,
-                         cause=RestartReason.ENGINE_OUTAGE)
-        return _wait(m2, now, e.reason)
+        m2 = _exit_was_the_outage(replace(m, unreachable=True, cause=m.launching), now)
+        return _wait(replace(m2, before_exit=None), now, e.reason)
     return _fail(m, now, rules, f"launch failed: {e.reason}", e.rand, m.launching,
                  needs_stop=False, permanent=e.permanent)
 
@@ -430,9 +453,20 @@ def _paused(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, Paused)
     if e.instance != m.instance:
         return Decision(m, ignored=True)
-    # As good as hung, and known at once: no need to wait for probes to time out.
-    return _fail(m, now, rules, "paused by the container engine (docker pause)", e.rand,
-                 RestartReason.HANG, needs_stop=True, hung=True)
+    # Known at once, and undone at once: thawed, the server still has its models loaded and
+    # answers what it held; a relaunch would load them all again.
+    return Decision(m, (Unpause("paused by the container engine (docker pause)"),))
+
+
+def _unpaused(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
+    assert isinstance(e, Unpaused)
+    if e.instance != m.instance:
+        return Decision(m, ignored=True)
+    if e.error is None:
+        return Decision(replace(m, liveness_failures=0))
+    # Frozen for good: as good as hung.
+    return _fail(m, now, rules, f"paused by the container engine and cannot be unpaused: "
+                 f"{e.error}", e.rand, RestartReason.HANG, needs_stop=True, hung=True)
 
 
 def _probe(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
@@ -530,7 +564,9 @@ def _stopped(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
 
 def _engine_down(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
     assert isinstance(e, EngineDown)
-    return Decision(replace(m, engine_up=False))
+    # dockerd stops its containers, then answers errors for a moment, then goes: the exit and
+    # the relaunches that failed in that moment were its shutdown.
+    return Decision(_exit_was_the_outage(replace(m, engine_up=False), now))
 
 
 def _engine_up(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
@@ -598,6 +634,7 @@ _TABLE: dict[tuple[State, type], Handler] = {
     (State.STOPPING, Stop): _stop_while_stopping,
     **{(s, Exited): _exited for s in _LIVE},
     **{(s, Paused): _paused for s in _LIVE},
+    **{(s, Unpaused): _unpaused for s in _LIVE},
     **{(s, ProbeResult): _probe for s in _LIVE},
     **{(s, Stop): _stop for s in _LIVE},
     **{(s, Restart): _restart for s in _LIVE},

@@ -26,6 +26,8 @@ from .effects import (
     LaunchDone,
     Terminate,
     TerminateDone,
+    Unpause,
+    UnpauseDone,
 )
 from .health import ModelsSeen, Probing, loaded_names
 from .policy import (
@@ -50,10 +52,12 @@ from .policy import (
     Stop,
     Stopped,
     Tick,
+    Unpaused,
     step,
 )
 from .policy import Launch as LaunchAction
 from .policy import Terminate as TerminateAction
+from .policy import Unpause as UnpauseAction
 from .runtime import Instance, InstanceExited, InstanceHealth, InstancePaused, RuntimeConnection
 from .settings import Settings
 from .spec import ServerSpec, rendered_dir
@@ -215,6 +219,9 @@ class ServerOwner:
             drain = self._settings.health.drain_timeout if action.drain else 0.0
             self._submit(Terminate(action.reason, drain, self._settings.server.stop_timeout,
                                    hung=action.hung))
+        elif isinstance(action, UnpauseAction):
+            assert self.machine.instance is not None
+            self._submit(Unpause(self.machine.instance))
         else:
             self._announce(action)
 
@@ -225,7 +232,7 @@ class ServerOwner:
                restarts=self.machine.restarts)
         self._journal.note(action.event, action.reason)
 
-    def _submit(self, effect: Find | Launch | Terminate) -> None:
+    def _submit(self, effect: Find | Launch | Terminate | Unpause) -> None:
         self._effects_pending += 1
         self._effects.submit(effect)
 
@@ -330,9 +337,24 @@ class ServerOwner:
         self._journal.note("server.exited", f"{msg.exited.reason}: {d.cause.value}")
 
     def on_paused(self, msg: InstancePaused) -> None:
-        log.warning("container.paused", state=self.machine.state.value,
-                    action="treated as hung: killed and relaunched now")
+        m = self.machine
+        if msg.token != m.instance:
+            return
+        log.warning("container.paused", state=m.state.value,
+                    action="unpausing it now (`supervisorctl stop` stops the server)"
+                    if m.state in LIVE_STATES else "left to the stop under way")
         self.feed(Paused(msg.token, self._rand()))
+
+    def on_unpaused(self, msg: UnpauseDone) -> None:
+        self._effects_pending -= 1
+        if msg.error is None:
+            log.info("container.unpaused", action="serving on, models still loaded")
+            self._journal.note("container.unpaused", "paused by the container engine; "
+                               "unpaused at once")
+        else:
+            log.error("container.unpause_failed", error=msg.error,
+                      action="treated as hung: killed and relaunched")
+        self.feed(Unpaused(msg.token, msg.error, self._rand()))
 
     def on_health(self, msg: InstanceHealth) -> None:
         if not msg.healthy:

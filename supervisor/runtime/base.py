@@ -108,6 +108,10 @@ class Runtime(Protocol):
         """Stop the current instance: graceful, then killed after ``timeout``."""
         ...
 
+    async def unpause(self) -> None:
+        """Thaw the current instance (``docker pause`` undone); raise if it cannot be."""
+        ...
+
     async def detach(self) -> None:
         """Stop watching but leave the instance running (on_stop = leave)."""
         ...

@@ -46,6 +46,21 @@ _FIRST_RECONNECT_DELAY = 0.1
 _SOCKET_POLL_SECONDS = 0.1
 
 
+def stop_container(container: Any, timeout: float) -> None:
+    """timeout 0 (a hung server): SIGKILL alone, so a frozen container never runs again (a
+    stop would queue a SIGTERM that it handles when thawed); else SIGTERM, then SIGKILL."""
+    if timeout > 0:
+        container.stop(timeout=max(1, round(timeout)))
+        return
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        container.reload()
+        if container.status in ("running", "paused"):
+            raise
+        # It died meanwhile: nothing left to kill.
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Did this error mean the engine did not answer at all (not: it refused)?"""
     seen: BaseException | None = exc
@@ -387,16 +402,33 @@ class DockerRuntime:
                 return
             if current is not None and container.id != current[0]:
                 return
-            if container.status == "paused":
-                container.unpause()  # a frozen container cannot be stopped or killed
-            # timeout=0: SIGKILL at once (a hung server), else SIGTERM and wait.
-            container.stop(timeout=max(0, round(timeout)))
+            try:
+                stop_container(container, timeout)
+            except docker.errors.APIError:
+                if container.status != "paused":
+                    raise
+                # Docker signals a frozen container; an engine that refuses gets it thawed.
+                container.unpause()
+                stop_container(container, timeout)
 
         try:
             await asyncio.to_thread(work)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             log.warning("container.stop_failed", error=str(exc),
                         action="left as is; the next launch replaces or restarts it")
+
+    async def unpause(self) -> None:
+        with self._lock:
+            current = self._current
+
+        def work() -> None:
+            container = self._get()
+            if container is None or (current is not None and container.id != current[0]):
+                raise RuntimeError("the paused container is gone")
+            if container.status == "paused":
+                container.unpause()
+
+        await asyncio.to_thread(work)
 
     async def detach(self) -> None:
         with self._lock:

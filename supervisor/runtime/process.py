@@ -175,6 +175,11 @@ class ProcessRuntime:
         with contextlib.suppress(OSError):
             self._pidfile.unlink()
 
+    async def unpause(self) -> None:
+        # Nothing here freezes a child (no pause events); SIGCONT is the nearest thaw.
+        if self._proc is not None and self._proc.returncode is None:
+            _signal_group(self._proc.pid, signal.SIGCONT)
+
     async def detach(self) -> None:
         # A child process cannot outlive our watch usefully: `leave` still stops it.
         await self.terminate(10)

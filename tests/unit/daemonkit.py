@@ -84,6 +84,9 @@ class FakeRuntime:
     # Fake time of each terminate, when a clock is given.
     clock: FakeClock | None = None
     terminated_at: list[float] = field(default_factory=list)
+    paused: set[str] = field(default_factory=set)
+    # Set: unpausing fails with this message (the container is frozen for good).
+    unpause_fails: str | None = None
     _emit: Callable[[RuntimeEvent], None] | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -127,6 +130,7 @@ class FakeRuntime:
             self.terminated_at.append(self.clock.now)
         if self.current is not None:
             self.live.discard(self.current)
+            self.paused.discard(self.current)
             self.current = None
 
     def crash(self, code: int = 137) -> str:
@@ -163,7 +167,13 @@ class FakeRuntime:
 
     def pause(self) -> None:
         assert self._emit is not None and self.current is not None
+        self.paused.add(self.current)
         self._emit(InstancePaused(self.current))
+
+    async def unpause(self) -> None:
+        if self.unpause_fails is not None:
+            raise RuntimeError(self.unpause_fails)
+        self.paused.discard(self.current or "")
 
     async def close(self) -> None:
         pass

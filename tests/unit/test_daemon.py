@@ -340,9 +340,22 @@ async def test_a_hang_is_detected_within_10s_with_the_default_probe_settings(tmp
     await h.close()
 
 
-async def test_a_paused_container_is_replaced_without_waiting_for_probes(h: Harness) -> None:
+async def test_a_paused_container_is_unpaused_at_once_not_replaced(h: Harness) -> None:
     await h.start()
     await h.running()
+    h.runtime.pause()
+    await h.until(lambda: not h.runtime.paused, "the unpause")
+    await h.tick(h.settings.health.interval)
+    assert h.runtime.launched == ["t1"] and h.runtime.terminated == []
+    st = h.daemon.status()
+    assert st.state == "RUNNING" and st.restarts == 0 and st.recent_failures == 0
+    assert any(e.event == "container.unpaused" for e in st.recent_events)
+
+
+async def test_a_container_that_cannot_be_unpaused_is_killed_and_relaunched(h: Harness) -> None:
+    await h.start()
+    await h.running()
+    h.runtime.unpause_fails = "container gone"
     h.runtime.pause()
     await h.until(lambda: h.runtime.launched == ["t1", "t2"], "the relaunch")
     await h.running()

@@ -359,6 +359,13 @@ def test_model_path_escaping_the_models_dir(tmp_path: Path, config: Path, models
     assert p.line == 3
 
 
+def test_a_model_path_with_a_nul_byte_is_a_problem_not_a_crash(config: Path,
+                                                               models: Path) -> None:
+    p = only(rejected(config, models, '- name: a\n  parameters:\n    model: "a\\0.gguf"\n'))
+    assert p.message == "'a\\x00.gguf' contains a NUL byte: no file can have that name"
+    assert (p.code, p.field, p.line) == ("bad-path", "a.parameters.model", 3)
+
+
 def test_all_problems_are_reported_at_once(config: Path, models: Path) -> None:
     text = (
         "- name: a\n"

@@ -36,6 +36,8 @@ from supervisor.policy import (
     Stopped,
     Terminate,
     Tick,
+    Unpause,
+    Unpaused,
     backoff_delay,
     legal_transitions,
     step,
@@ -827,14 +829,13 @@ def test_adopted_instance_is_watched_without_a_launch() -> None:
 
 
 _ENGINE = {"EngineDown", "EngineUp"}
+_LIVE_EVENTS = {"Exited", "Paused", "Unpaused", "ProbeResult", "Stop", "Restart", "Escalate",
+                "Tick"}
 EXPECTED_TABLE: dict[State, set[str]] = {
     State.STOPPED: {"Start", "Restart", "Adopted", *_ENGINE},
-    State.STARTING: {"Launched", "LaunchFailed", "Exited", "Paused", "ProbeResult", "Stop",
-                     "Restart", "Escalate", "Tick", *_ENGINE},
-    State.RUNNING: {"Exited", "Paused", "ProbeResult", "Stop", "Restart", "Escalate", "Tick",
-                    *_ENGINE},
-    State.UNHEALTHY: {"Exited", "Paused", "ProbeResult", "Stop", "Restart", "Escalate", "Tick",
-                      *_ENGINE},
+    State.STARTING: {"Launched", "LaunchFailed", *_LIVE_EVENTS, *_ENGINE},
+    State.RUNNING: {*_LIVE_EVENTS, *_ENGINE},
+    State.UNHEALTHY: {*_LIVE_EVENTS, *_ENGINE},
     State.BACKOFF: {"Start", "Restart", "Stop", "Tick", *_ENGINE},
     State.WAITING: {"Start", "Restart", "Stop", "Tick", *_ENGINE},
     State.STOPPING: {"Stopped", "Start", "Restart", "Stop", "Launched", *_ENGINE},
@@ -855,6 +856,8 @@ SAMPLE_EVENTS: list[Event] = [
     Exited("i1", "crash"),
     Exited("i1", "engine restarted", outage=True),
     Paused("i1"),
+    Unpaused("i1"),
+    Unpaused("i1", "container gone"),
     EngineDown("socket gone"),
     EngineUp("back"),
     Stopped("i1"),
@@ -1110,10 +1113,39 @@ def test_an_exit_long_before_the_engine_went_away_still_counts() -> None:
     assert d.machine.failures == (10.0,) and d.machine.cause is RestartReason.CRASH
 
 
-def test_a_due_retry_waits_for_the_engine() -> None:
+def test_an_exit_and_relaunches_failing_while_the_engine_shuts_down_are_not_counted() -> None:
+    # dockerd stops the container, answers the relaunches with errors for a moment (500
+    # "failed to update store ..."), then its event stream ends.
+    m = step(running(), Exited("i1", "exit code 0"), 10.0, RULES).machine
+    for _ in range(2):
+        assert m.retry_at is not None
+        m = step(m, Tick(), m.retry_at, RULES).machine
+        m = step(m, LaunchFailed("500 Server Error: failed to update store"), m.since + 0.05,
+                 RULES).machine
+    assert len(m.failures) == 3 and m.crash_looping
+    m = step(m, EngineDown("event stream ended"), m.since + 0.5, RULES).machine
+    assert m.failures == () and m.attempt == 0 and not m.crash_looping
+    assert m.cause is RestartReason.ENGINE_OUTAGE
+    assert m.retry_at is not None
+    m = step(m, Tick(), m.retry_at, RULES).machine
+    assert m.state is State.WAITING
+    d = step(m, EngineUp(), 20.0, RULES)
+    assert d.actions == (Launch("container engine back", RestartReason.ENGINE_OUTAGE),)
+    m = step(d.machine, Launched("i2"), 20.2, RULES).machine
+    assert m.restarts == 1 and m.failures == ()
+
+
+def test_an_engine_going_away_long_after_an_exit_leaves_it_counted() -> None:
     m = step(running(), Exited("i1", "crash"), 10.0, RULES).machine
-    m = step(m, EngineDown("gone"), 10.0, RULES).machine
-    d = step(m, Tick(), 10.0, RULES)
+    m = step(m, EngineDown("gone"), 15.0, RULES).machine
+    assert m.failures == (10.0,) and m.cause is RestartReason.CRASH
+
+
+def test_a_due_retry_waits_for_the_engine() -> None:
+    m = replace(running(), attempt=3)  # its retry waits 4 s
+    m = step(m, Exited("i1", "crash"), 10.0, RULES).machine
+    m = step(m, EngineDown("gone"), 15.0, RULES).machine
+    d = step(m, Tick(), 16.0, RULES)
     assert d.machine.state is State.WAITING
     assert d.machine.cause is RestartReason.CRASH
     d = step(d.machine, EngineUp(), 40.0, RULES)
@@ -1168,9 +1200,18 @@ def test_stop_while_waiting_stops() -> None:
 # ---- pause, reasons ----------------------------------------------------------------------
 
 
-def test_a_paused_instance_is_a_hang_decided_at_once() -> None:
+def test_a_paused_instance_is_unpaused_at_once_and_counts_as_nothing() -> None:
     d = step(running(), Paused("i1", 0.5), 50.0, RULES)
-    reason = "paused by the container engine (docker pause)"
+    assert d.machine == running()  # still RUNNING, nothing counted
+    assert d.actions == (Unpause("paused by the container engine (docker pause)"),)
+    d = step(d.machine, Unpaused("i1"), 50.1, RULES)
+    assert d.machine.state is State.RUNNING and d.actions == ()
+    assert d.machine.failures == () and d.machine.restarts == 0
+
+
+def test_a_container_that_cannot_be_unpaused_is_a_hang() -> None:
+    d = step(running(), Unpaused("i1", "container gone", 0.5), 50.0, RULES)
+    reason = "paused by the container engine and cannot be unpaused: container gone"
     assert d.machine.state is State.STOPPING
     assert d.machine.cause is RestartReason.HANG
     assert d.actions == (Terminate(reason, drain=False, hung=True),
@@ -1179,6 +1220,7 @@ def test_a_paused_instance_is_a_hang_decided_at_once() -> None:
 
 def test_a_pause_of_another_instance_is_ignored() -> None:
     assert step(running(), Paused("old"), 50.0, RULES).ignored
+    assert step(running(), Unpaused("old", "gone"), 50.0, RULES).ignored
 
 
 def test_serving_again_clears_the_reason_that_explained_the_outage() -> None:

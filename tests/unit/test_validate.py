@@ -476,7 +476,8 @@ SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
            | st.sampled_from(["tiny.gguf", "../x.gguf", "missing.gguf", "x.gguf.part", "sub",
                               "x" * 300 + ".gguf", "long " * 60, "chatml.tmpl",
                               "{{.Input}}<|im_end|>", "</s>", "parallel:2", "parallel:x",
-                              "a-00001-of-00002.gguf", "chatml"]))
+                              "a-00001-of-00002.gguf", "chatml", "nul\0.gguf",
+                              "chatml\0.tmpl"]))
 YAMLISH = st.recursive(
     SCALARS,
     lambda children: (st.lists(children, max_size=4)
