@@ -18,70 +18,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from supervisor import logs
-from supervisor.configuration import ConfigOwner, Validated
-from supervisor.engines import engine_for
-from supervisor.ggufinfo import inspect_gguf
-from supervisor.lint import context_for
-from supervisor.modelconfig import validate
-from supervisor.settings import (
-    Engine,
-    LogFormat,
-    RuntimeKind,
-    ServerSection,
-    Settings,
-    SupervisorSection,
-    WatchSection,
-)
-from supervisor.status import Journal
-from supervisor.tinygguf import write_qwen14b_header
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
 
-TICK = 0.010
+from lagkit import TICK, big_model_settings, measure  # noqa: E402
 
-
-def big_model_settings(base: Path) -> Settings:
-    """A config naming one 14B-shaped GGUF (header only, sparse data), as the bench and the
-    loop-lag test use it."""
-    models = base / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    big = models / "qwen14b.gguf"
-    if not big.exists():
-        write_qwen14b_header(big)
-        with big.open("r+b") as fh:
-            fh.truncate(inspect_gguf(big).expected_size)
-    config = base / "config.yaml"
-    config.write_text("- name: qwen14b\n  context_size: 4096\n  parameters:\n"
-                      "    model: qwen14b.gguf\n    max_tokens: 256\n")
-    return Settings(
-        supervisor=SupervisorSection(state_dir=base / "state", status_api=""),
-        server=ServerSection(engine=Engine.LLAMA_SERVER, runtime=RuntimeKind.PROCESS,
-                             model_config_file=config, models_dir=models),
-        watch=WatchSection(enabled=False, settle_seconds=0),
-    )
-
-
-async def measure(work: Callable[[], Awaitable[None]]) -> list[float]:
-    """Tick delays (seconds late) while ``work`` runs."""
-    delays: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        while not done.is_set():
-            planned = time.perf_counter() + TICK
-            await asyncio.sleep(TICK)
-            delays.append(max(0.0, time.perf_counter() - planned))
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(5 * TICK)
-    await work()
-    done.set()
-    await task
-    return delays
+from supervisor import logs  # noqa: E402
+from supervisor.configuration import ConfigOwner, Validated  # noqa: E402
+from supervisor.engines import engine_for  # noqa: E402
+from supervisor.lint import context_for  # noqa: E402
+from supervisor.modelconfig import validate  # noqa: E402
+from supervisor.settings import LogFormat, Settings  # noqa: E402
+from supervisor.status import Journal  # noqa: E402
 
 
 async def on_the_loop(settings: Settings, runs: int) -> None:

@@ -53,6 +53,7 @@ from .runtime import (
 from .server import Diagnosed, Observed, ProbeCycleDone, Probed, ServerOwner, ServingChanged
 from .settings import OnStop, Settings, SettingsError, load_settings
 from .status import CheckOutcome, CommandResult, Journal, ReloadResult, Status
+from .tasks import TaskSet
 from .vocab import RestartReason
 from .watch import Watcher
 
@@ -157,7 +158,7 @@ class Daemon:
         self._exit: int | None = None
         self._shutdown: _Shutdown | None = None
         self._status_line = ""
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._watcher: Watcher | None = None
         # One handler per message type: the whole vocabulary of the loop in one place.
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -261,7 +262,7 @@ class Daemon:
             else:
                 self.post(SettingsRead(msg.reply, settings=new))
 
-        self._spawn(read())
+        self._tasks.spawn(read())
 
     def _on_settings_read(self, msg: SettingsRead) -> None:
         error = msg.error
@@ -395,11 +396,6 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def start(self) -> int | None:
         """Check the config, connect the runtime, start the effect worker.
 
@@ -418,7 +414,7 @@ class Daemon:
                  revision=self.config.models.revision if self.config.models else None,
                  spec=self.config.spec.digest() if self.config.spec else None)
         await self._runtime.open(self.post)
-        self._spawn(self._effects.run())
+        self._tasks.spawn(self._effects.run())
         self.housekeeping()  # act on the boot's outcome (start or adopt) at once
         return None
 
@@ -439,7 +435,7 @@ class Daemon:
                 srv.model_config_file, srv.models_dir,
                 lambda paths: self.post(FilesChanged(frozenset(paths))),
                 step_ms=self.settings.watch.step_ms, debounce_ms=self.settings.watch.debounce_ms)
-            self._spawn(self._watcher.run())
+            self._tasks.spawn(self._watcher.run())
         try:
             while self._exit is None:
                 # A floor, so a deadline that cannot be acted on yet never becomes a busy loop.
@@ -487,9 +483,7 @@ class Daemon:
         await self.config.close()
         await self.server.close()
         await self.models.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         await self._prober.close()
         await self._runtime.close()
         log.info("supervisor.exited", state=self.server.machine.state.value)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,6 +29,7 @@ from .modelconfig import ModelSet
 from .policy import Escalate
 from .settings import Settings
 from .status import Journal, ModelsSnapshot, ModelStatus
+from .tasks import TaskSet
 from .vocab import LoadState
 
 log = structlog.get_logger("supervisor")
@@ -149,7 +150,7 @@ class ModelsOwner:
         self._load_tested: dict[str, str] = {}
         # A load test (or the restore after it) is under way: one swap at a time.
         self._swapping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     # -- inputs from other owners --------------------------------------------------------
 
@@ -221,7 +222,7 @@ class ModelsOwner:
             restore = tuple(n for n, state in loaded.items()
                             if state is LoadState.LOADED) if probe.allow_load else ()
             self._swapping = self._swapping or probe.allow_load
-            self._spawn(self._probe(token, probe, restore))
+            self._tasks.spawn(self._probe(token, probe, restore))
 
     def _schedule_smoke(self, token: str, now: float) -> None:
         every = self._settings.health.smoke_interval
@@ -232,7 +233,7 @@ class ModelsOwner:
                     or (rec.smoke_at is not None and now - rec.smoke_at < every)):
                 continue
             self._records[name] = replace(rec, smoke_at=now, smoke_busy=True)
-            self._spawn(self._smoke(token, name))
+            self._tasks.spawn(self._smoke(token, name))
 
     # -- tasks (effects only: they post what they found) ---------------------------------
 
@@ -345,7 +346,7 @@ class ModelsOwner:
                          "file changes" + (f"; restoring {', '.join(msg.restore)}"
                                            if msg.restore else ""))
             if msg.restore:
-                self._spawn(self._restore(msg.token, msg.restore, msg.name))
+                self._tasks.spawn(self._restore(msg.token, msg.restore, msg.name))
             else:
                 self._swapping = False
         self._judge(msg)
@@ -391,7 +392,7 @@ class ModelsOwner:
     def _start_restart(self, token: str, name: str, reason: str) -> None:
         self._records[name] = replace(self._records[name], busy=True)
         self._model_restarts += 1
-        self._spawn(self._restart(token, name, reason))
+        self._tasks.spawn(self._restart(token, name, reason))
 
     def on_restarted(self, msg: ModelRestarted) -> None:
         rec = self._records.get(msg.name)
@@ -431,15 +432,8 @@ class ModelsOwner:
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     # -- views ---------------------------------------------------------------------------
 

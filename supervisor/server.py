@@ -11,7 +11,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,7 @@ from .runtime import Instance, InstanceExited, InstanceHealth, InstancePaused, R
 from .settings import Settings
 from .spec import ServerSpec, rendered_dir
 from .status import DrainStatus, FailureStatus, InstanceStatus, Journal, ServerSnapshot
+from .tasks import TaskSet
 from .vocab import Level, LoadState, ProbeKind, RestartReason
 
 log = structlog.get_logger("supervisor")
@@ -163,7 +164,7 @@ class ServerOwner:
         self._next_probe: float = 0.0
         self._probing: str | None = None
         self._probe_again = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     # -- configuration -------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ class ServerOwner:
             self._effects.abort_drain()  # nothing left to drain: it is gone
             return
         self.feed(Exited(msg.token, msg.reason, self._rand(), outage=msg.outage))
-        self._spawn(self._diagnose(msg, self.machine.state))
+        self._tasks.spawn(self._diagnose(msg, self.machine.state))
 
     async def _diagnose(self, exited: InstanceExited, then: State) -> None:
         try:
@@ -391,7 +392,7 @@ class ServerOwner:
             return
         self._probing = m.instance
         self._probe_again = False
-        self._spawn(self._probe_cycle(m.instance, self._spec.models,
+        self._tasks.spawn(self._probe_cycle(m.instance, self._spec.models,
                                       starting=m.state is State.STARTING))
 
     async def _probe_cycle(self, token: str, expected: tuple[str, ...], *, starting: bool
@@ -461,15 +462,8 @@ class ServerOwner:
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     # -- views ---------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from daemonkit import CONFIG, Harness
+from daemonkit import CONFIG, Harness, make_settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -20,6 +20,7 @@ from supervisor.effects import FORCED_STOP_SECONDS
 from supervisor.policy import Restart, Start, State, Stop
 from supervisor.runtime import Instance
 from supervisor.status import OPENAPI_FILE, CommandResult, ReloadResult, render_openapi
+from supervisor.tinygguf import write_tiny_llama
 from supervisor.vocab import RestartReason
 
 
@@ -237,8 +238,6 @@ async def test_shutdown_past_its_deadline_is_forced(h: Harness) -> None:
 
 
 async def test_on_stop_leave_exits_without_touching_the_server(tmp_path: Path) -> None:
-    from daemonkit import make_settings
-
     from supervisor.settings import OnStop
 
     settings = make_settings(tmp_path)
@@ -316,8 +315,6 @@ async def test_hung_server_is_killed_fast_and_counted_as_a_hang(h: Harness) -> N
 
 async def test_a_hang_is_detected_within_10s_with_the_default_probe_settings(tmp_path: Path
                                                                                ) -> None:
-    from daemonkit import make_settings
-
     from supervisor.settings import HealthSection
 
     defaults = HealthSection()
@@ -426,8 +423,6 @@ async def test_a_server_that_served_is_never_given_up_on(h: Harness) -> None:
 
 async def test_a_model_probe_that_times_out_while_the_model_progresses_is_busy(
         tmp_path: Path) -> None:
-    from daemonkit import make_settings
-
     settings = make_settings(tmp_path, model_probes=True, model_interval=1.0,
                              model_failure_threshold=1)
     h = Harness(tmp_path, settings)
@@ -453,11 +448,9 @@ async def test_a_model_probe_that_times_out_while_the_model_progresses_is_busy(
 TWO_MODELS = CONFIG + CONFIG.replace("tiny-a", "tiny-b")
 
 
-async def test_an_hour_of_idleness_causes_no_probe_swaps(tmp_path: Path) -> None:
-    from daemonkit import make_settings
-
-    from supervisor.tinygguf import write_tiny_llama
-
+async def two_models_on_a_router(tmp_path: Path) -> Harness:
+    """Running, tiny-a and tiny-b behind a one-model router; model probes every 2 s, idle
+    after 5 s."""
     settings = make_settings(tmp_path, model_probes=True, model_interval=2.0, idle_seconds=5.0)
     write_tiny_llama(settings.server.models_dir / "tiny-b.gguf", seed=2, name="tiny-b")
     settings.server.model_config_file.write_text(TWO_MODELS)
@@ -465,6 +458,11 @@ async def test_an_hour_of_idleness_causes_no_probe_swaps(tmp_path: Path) -> None
     h.prober.router = True
     await h.start()
     await h.running()
+    return h
+
+
+async def test_an_hour_of_idleness_causes_no_probe_swaps(tmp_path: Path) -> None:
+    h = await two_models_on_a_router(tmp_path)
     swaps_at = []
     for _minute in range(60):
         for _step in range(12):
@@ -481,22 +479,12 @@ async def test_an_hour_of_idleness_causes_no_probe_swaps(tmp_path: Path) -> None
 
 
 async def test_a_changed_model_file_is_load_tested_again(tmp_path: Path) -> None:
-    from daemonkit import make_settings
-
-    from supervisor.tinygguf import write_tiny_llama
-
-    settings = make_settings(tmp_path, model_probes=True, model_interval=2.0, idle_seconds=5.0)
-    write_tiny_llama(settings.server.models_dir / "tiny-b.gguf", seed=2, name="tiny-b")
-    settings.server.model_config_file.write_text(TWO_MODELS)
-    h = Harness(tmp_path, settings)
-    h.prober.router = True
-    await h.start()
-    await h.running()
+    h = await two_models_on_a_router(tmp_path)
     for _ in range(24):
         await h.tick(5.0)
     assert h.prober.swaps == ["tiny-a", "tiny-b", "tiny-a"]
     # tiny-b's file is replaced: a new revision of that model, and only that one.
-    write_tiny_llama(settings.server.models_dir / "tiny-b.gguf", seed=3, name="tiny-b")
+    write_tiny_llama(h.settings.server.models_dir / "tiny-b.gguf", seed=3, name="tiny-b")
     await reload(h)
     await h.until(lambda: len(h.runtime.launched) == 2, "the restart onto the new file")
     await h.running()
