@@ -221,9 +221,9 @@ class Terminate:
 
 @dataclass(frozen=True)
 class Unpause:
-    """Thaw the current instance: it keeps its loaded models and the requests it holds."""
+    """Thaw the instance: it keeps its loaded models and the requests it holds."""
 
-    reason: str
+    instance: str
 
 
 @dataclass(frozen=True)
@@ -455,7 +455,7 @@ def _paused(m: Machine, e: Event, now: float, rules: Rules) -> Decision:
         return Decision(m, ignored=True)
     # Known at once, and undone at once: thawed, the server still has its models loaded and
     # answers what it held; a relaunch would load them all again.
-    return Decision(m, (Unpause("paused by the container engine (docker pause)"),))
+    return Decision(m, (Unpause(e.instance),))
 
 
 def _unpaused(m: Machine, e: Event, now: float, rules: Rules) -> Decision:

@@ -221,8 +221,7 @@ class ServerOwner:
             self._submit(Terminate(action.reason, drain, self._settings.server.stop_timeout,
                                    hung=action.hung))
         elif isinstance(action, UnpauseAction):
-            assert self.machine.instance is not None
-            self._submit(Unpause(self.machine.instance))
+            self._submit(Unpause(action.instance))
         else:
             self._announce(action)
 
@@ -393,7 +392,7 @@ class ServerOwner:
         self._probing = m.instance
         self._probe_again = False
         self._tasks.spawn(self._probe_cycle(m.instance, self._spec.models,
-                                      starting=m.state is State.STARTING))
+                                            starting=m.state is State.STARTING))
 
     async def _probe_cycle(self, token: str, expected: tuple[str, ...], *, starting: bool
                            ) -> None:
