@@ -31,6 +31,7 @@ from . import __version__
 from .configuration import ConfigApplied, ConfigOwner, Validated, check
 from .effects import (
     DRAIN_POLL_SECONDS,
+    DrainResult,
     EffectWorker,
     FindDone,
     LaunchDone,
@@ -38,6 +39,7 @@ from .effects import (
     UnpauseDone,
 )
 from .engines import engine_for
+from .gateway import Arrived, DrainRequest, Finished, GatewayOwner, Left, UnloadDone
 from .health import Prober, Probing
 from .models import ModelProbed, ModelRestarted, ModelRestored, ModelsOwner, Smoked
 from .notify import Notifier
@@ -137,7 +139,7 @@ class Daemon:
         self._started = clock()
         self._engine = engine = engine_for(settings.server.engine)
         self._runtime = runtime or make_runtime(settings)
-        self._prober = prober or Prober(settings.server.probe_base_url, engine,
+        self._prober = prober or Prober(settings.probe_base_url, engine,
                                         settings.health.timeout)
         self._notifier = notifier or Notifier()
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -147,8 +149,11 @@ class Daemon:
         self.journal = Journal(wall=wall)
         self.config = ConfigOwner(settings, engine, self.post, self._notices.append,
                                   self.journal, clock, wall)
+        self.gateway = (GatewayOwner(settings, engine, self._prober, self.post, clock)
+                        if settings.gateway.enabled else None)
         self._effects = EffectWorker(self._runtime, self._prober, self.post, clock,
-                                     drain_poll=drain_poll)
+                                     drain_poll=drain_poll,
+                                     drainer=self._gateway_drain if self.gateway else None)
         self.server = ServerOwner(settings, self._effects, self._prober, self._runtime.logs,
                                   self._runtime.exit_details, self.post,
                                   self._notices.append, self.journal, clock,
@@ -192,6 +197,14 @@ class Daemon:
             RestartRequest: self._on_restart,
             SignalReceived: self._on_signal,
         }
+        if self.gateway is not None:
+            self._handlers.update({
+                Arrived: self.gateway.on_arrived,
+                Finished: self.gateway.on_finished,
+                Left: self.gateway.on_left,
+                UnloadDone: self.gateway.on_unloaded,
+                DrainRequest: self.gateway.on_drain_request,
+            })
 
     # -- messages --------------------------------------------------------------------------
 
@@ -222,6 +235,8 @@ class Daemon:
         self._deliver_notices()
         self.server.schedule_probes(now)
         self.models.schedule(now)
+        if self.gateway is not None:
+            self.gateway.tick(now)
         line = self.status_line()
         if line != self._status_line:
             self._status_line = line
@@ -232,6 +247,8 @@ class Daemon:
 
     def _on_config_applied(self, msg: ConfigApplied) -> None:
         self.models.configure(msg.models, msg.ggufs)
+        if self.gateway is not None:
+            self.gateway.configure(msg.models, msg.ggufs)
         self.server.configure(msg.spec, first=msg.first, reason=msg.reason)
 
     def _on_probed(self, msg: Probed) -> None:
@@ -244,6 +261,14 @@ class Daemon:
 
     def _on_serving_changed(self, msg: ServingChanged) -> None:
         self.models.serving_changed(msg.token, msg.serving)
+        if self.gateway is not None:
+            self.gateway.serving_changed(msg.token, msg.serving, msg.down)
+
+    async def _gateway_drain(self, timeout: float) -> DrainResult:
+        """For the effect worker: ask the gateway (through the loop) to drain; its answer."""
+        reply: asyncio.Future[DrainResult] = asyncio.get_running_loop().create_future()
+        self.post(DrainRequest(timeout, reply))
+        return await reply
 
     def _on_files_changed(self, msg: FilesChanged) -> None:
         self.config.request(f"{len(msg.paths)} file(s) changed")
@@ -284,6 +309,8 @@ class Daemon:
         self.config.set_settings(new)
         self.server.set_settings(new)
         self.models.set_settings(new)
+        if self.gateway is not None:
+            self.gateway.set_settings(new)
         self.config.request("reload", msg.reply)
 
     def _on_restart(self, msg: RestartRequest) -> None:
@@ -368,10 +395,11 @@ class Daemon:
         return Status.assemble(
             version=__version__, engine=self._engine.kind,
             runtime=self.settings.server.runtime,
-            server_url=self.settings.server.probe_base_url,
+            server_url=self.settings.probe_base_url,
             supervisor_uptime=now - self._started, server=self.server.snapshot(now),
             config=self.config.snapshot(), models=self.models.snapshot(now),
-            recent=self.journal.recent(10))
+            recent=self.journal.recent(10),
+            gateway=self.gateway.snapshot() if self.gateway is not None else None)
 
     def status_line(self) -> str:
         """The systemd STATUS= text."""
@@ -389,7 +417,8 @@ class Daemon:
         """Seconds until the loop must wake even without a message."""
         now = self._clock()
         deadlines = [now + TICK_SECONDS, self.server.next_deadline(),
-                     self.config.next_deadline()]
+                     self.config.next_deadline(),
+                     self.gateway.next_deadline() if self.gateway is not None else None]
         if self._shutdown is not None:
             deadlines.append(self._shutdown.deadline)
         return max(0.0, min(d for d in deadlines if d is not None) - now)
@@ -427,7 +456,15 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.post, SignalReceived(sig))
-        close_servers = await servers(self) if servers is not None else None
+        try:
+            close_servers = await servers(self) if servers is not None else None
+        except OSError as exc:  # a port or socket path taken, or not permitted
+            log.error("supervisor.listen_failed", error=str(exc),
+                      action="exiting with 1 (systemd restarts the supervisor)")
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.close()
+            return EXIT_RUNTIME
         self._notifier.ready(self.status_line())
         if self.settings.watch.enabled:
             srv = self.settings.server
@@ -483,6 +520,8 @@ class Daemon:
         await self.config.close()
         await self.server.close()
         await self.models.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         await self._tasks.close()
         await self._prober.close()
         await self._runtime.close()

@@ -105,7 +105,7 @@ async def _main(settings: Settings, once: bool) -> int:
             await runner
             return 1
         await asyncio.sleep(0.2)
-    url = settings.server.probe_base_url
+    url = settings.probe_base_url
     print("\n=== supervisorctl status ===", flush=True)
     print(render_status(status, tty=True), flush=True)
     for model in DEMO_MODELS:

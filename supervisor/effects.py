@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,12 +115,16 @@ class EffectWorker:
     """Performs effects in submission order; ``run`` is the one task that touches the runtime."""
 
     def __init__(self, runtime: Runtime, prober: Probing, post: Callable[[Outcome], None],
-                 clock: Callable[[], float], *, drain_poll: float = DRAIN_POLL_SECONDS) -> None:
+                 clock: Callable[[], float], *, drain_poll: float = DRAIN_POLL_SECONDS,
+                 drainer: Callable[[float], Awaitable[DrainResult]] | None = None) -> None:
         self._runtime = runtime
         self._prober = prober
         self._post = post
         self._clock = clock
         self._drain_poll = drain_poll
+        # With the gateway on, it counts the requests in flight and says when they are done;
+        # without it, the engine's own counters are polled.
+        self._drainer = drainer
         self._queue: asyncio.Queue[Effect] = asyncio.Queue()
         # Set to end a drain early: the instance died, or a forced shutdown.
         self._abort = asyncio.Event()
@@ -177,7 +181,8 @@ class EffectWorker:
         if effect.drain_timeout > 0 and not self._forced:
             self.draining = True
             try:
-                drain = await self._drain(effect.drain_timeout)
+                drain = await (self._drain_via_gateway(effect.drain_timeout) if self._drainer
+                               else self._drain(effect.drain_timeout))
             finally:
                 self.draining = False
         timeout = effect.stop_timeout
@@ -187,6 +192,21 @@ class EffectWorker:
             timeout = min(timeout, FORCED_STOP_SECONDS)
         await self._runtime.terminate(timeout)
         return TerminateDone(effect.reason, drain)
+
+    async def _drain_via_gateway(self, timeout: float) -> DrainResult:
+        """The gateway holds new requests and answers once its in-flight ones are done (or
+        the timeout passed); an abort (the instance died, a forced stop) ends the wait."""
+        assert self._drainer is not None
+        drained = asyncio.ensure_future(self._drainer(timeout))
+        aborted = asyncio.ensure_future(self._abort.wait())
+        try:
+            await asyncio.wait({drained, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+        if drained.done():
+            return drained.result()
+        drained.cancel()
+        return DrainResult(0)
 
     async def _drain(self, timeout: float) -> DrainResult:
         """Wait (bounded) until nothing is in flight, so a planned stop cuts no request."""

@@ -189,12 +189,38 @@ def gpu_layers_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
 
 
 def kv_cache_bytes(f: ModelFacts) -> int:
+    return _kv_bytes(f.gguf, f.context_size)
+
+
+def _kv_bytes(g: GGUFInfo | None, context_size: int | None) -> int:
     """Upper bound (no GQA): K and V, f16, per layer, per context token."""
-    g = f.gguf
     if g is None or not g.block_count or not g.embedding_length:
         return 0
-    ctx_tokens = f.context_size or g.context_length or 0
+    ctx_tokens = context_size or g.context_length or 0
     return 2 * g.block_count * ctx_tokens * g.embedding_length * 2
+
+
+def footprint_bytes(file_size: int | None, context_size: int | None,
+                    gguf: GGUFInfo | None) -> int | None:
+    """What a resident model needs (weights + KV cache), as the fit rule counts it; None when
+    the file size is unknown."""
+    if file_size is None:
+        return None
+    return file_size + _kv_bytes(gguf, context_size)
+
+
+# llama-server's router children start 4 slots unless told (b11434: "n_slots = 4").
+LLAMA_SERVER_DEFAULT_SLOTS = 4
+
+
+def slots_for(options: Sequence[str], engine: Engine, parallel: int) -> int:
+    """Requests the engine serves at once for one model: options parallel:N, else LocalAI's
+    LLAMACPP_PARALLEL (server.parallel), else llama-server's own default."""
+    for opt in options:
+        key, _, value = opt.partition(":")
+        if key.strip() == "parallel" and re.fullmatch(r"[0-9]{1,6}", value.strip()):
+            return max(1, int(value))
+    return parallel if engine is Engine.LOCALAI else LLAMA_SERVER_DEFAULT_SLOTS
 
 
 def fit_rule(models: Sequence[ModelFacts], ctx: LintContext) -> list[Lint]:

@@ -96,7 +96,7 @@ class Finish:
 
 @dataclass(frozen=True)
 class Leave:
-    """A waiting request's client went away."""
+    """A request's client went away while it waited (or just as it was admitted)."""
 
     rid: int
 
@@ -235,7 +235,10 @@ class Scheduler:
             if event.rid in self._admitted:
                 self._finish(self._admitted.pop(event.rid), now)
         elif isinstance(event, Leave):
-            self._remove_waiting(event.rid)
+            if event.rid in self._admitted:  # admitted just as its client went away
+                self._finish(self._admitted.pop(event.rid), now)
+            else:
+                self._remove_waiting(event.rid)
         elif isinstance(event, PhaseChanged):
             self._phase(event, now, out)
         elif isinstance(event, Unloaded):

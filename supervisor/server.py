@@ -120,10 +120,12 @@ class Diagnosed:
 
 @dataclass(frozen=True)
 class ServingChanged:
-    """For the models owner: which instance is live now, and whether it serves requests."""
+    """For the models owner and the gateway: which instance is live now, whether it serves
+    requests, and whether it is down for good (FATAL, or stopped with no start to come)."""
 
     token: str | None
     serving: bool
+    down: bool = False
 
 
 class ServerOwner:
@@ -160,7 +162,7 @@ class ServerOwner:
         self._last_failure: Diagnosis | None = None
         self._runtime_connected = True
         self._shutting_down = False
-        self._serving: tuple[str | None, bool] = (None, False)
+        self._serving: tuple[str | None, bool, bool] = (None, False, False)
         self._next_probe: float = 0.0
         self._probing: str | None = None
         self._probe_again = False
@@ -207,7 +209,8 @@ class ServerOwner:
             self._perform(action)
         if before.state is not m.state or before.instance != m.instance:
             self._probe_soon()
-        serving = (m.instance, m.state in (State.RUNNING, State.UNHEALTHY))
+        serving = (m.instance, m.state in (State.RUNNING, State.UNHEALTHY),
+                   m.state in (State.FATAL, State.STOPPED))
         if serving != self._serving:
             self._serving = serving
             self._notify(ServingChanged(*serving))

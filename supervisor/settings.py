@@ -7,6 +7,7 @@ Defaults reproduce the hand-run LocalAI container (image ``localai``, port 40080
 from __future__ import annotations
 
 import contextvars
+from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import ip_address
 from pathlib import Path
@@ -74,6 +75,21 @@ class SupervisorSection(_Section):
         return value
 
 
+@dataclass(frozen=True)
+class ServerEndpoint:
+    """Where the server listens (in its container, or on the host) and where the host reaches
+    it. With the gateway on, the host side is loopback only."""
+
+    listen_host: str
+    listen_port: int
+    publish_host: str
+    publish_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.publish_port}"
+
+
 class ServerSection(_Section):
     engine: Engine = Engine.LOCALAI
     runtime: RuntimeKind = RuntimeKind.DOCKER
@@ -94,10 +110,6 @@ class ServerSection(_Section):
     # GPU memory in GiB for lint's "models will not fit together" check; unset: not checked.
     gpu_memory_gb: float | None = Field(None, gt=0)
 
-    @property
-    def probe_base_url(self) -> str:
-        """Where the supervisor reaches the server from the host."""
-        return f"http://127.0.0.1:{self.publish_port}"
 
 
 def _upper_keys(value: dict[str, str]) -> dict[str, str]:
@@ -195,6 +207,33 @@ class RestartSection(_Section):
     stable_after: float = Field(10.0, ge=0)
 
 
+class GatewaySection(_Section):
+    """The swap-aware gateway on the public port (see gateway.py and scheduler.py)."""
+
+    enabled: bool = True
+    # host:port clients connect to (the address the server itself had without a gateway).
+    listen: str = "0.0.0.0:40080"
+    # The loopback port the server gets behind the gateway (published there for docker).
+    upstream_port: int = Field(40089, ge=1, le=65535)
+    # While requests for another model wait, the loaded model admits new requests this long.
+    max_hold: float = Field(30.0, gt=0)
+    # Waiting requests per model; beyond it: 429.
+    queue_max: int = Field(256, ge=1)
+    # The longest a request waits in the gateway, for a swap, a free slot or a server being
+    # (re)started; then 503 with Retry-After.
+    queue_timeout: float = Field(120.0, gt=0)
+    # An explicit unload before a swap is waited for this long at most.
+    unload_timeout: float = Field(30.0, gt=0)
+    # Largest request body accepted (uploads for transcription included).
+    max_body_mb: int = Field(256, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+
 class WatchSection(_Section):
     enabled: bool = True
     step_ms: int = Field(50, ge=1)
@@ -222,6 +261,24 @@ class Settings(BaseSettings):
     health: HealthSection = Field(default_factory=HealthSection)
     restart: RestartSection = Field(default_factory=RestartSection)
     watch: WatchSection = Field(default_factory=WatchSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+
+    @property
+    def endpoint(self) -> ServerEndpoint:
+        """The server's addresses: as configured, or behind the gateway on loopback."""
+        srv = self.server
+        if not self.gateway.enabled:
+            return ServerEndpoint(srv.listen_host, srv.listen_port, srv.publish_host,
+                                  srv.publish_port)
+        port = self.gateway.upstream_port
+        if srv.runtime is RuntimeKind.PROCESS:
+            return ServerEndpoint("127.0.0.1", port, "127.0.0.1", port)
+        return ServerEndpoint(srv.listen_host, srv.listen_port, "127.0.0.1", port)
+
+    @property
+    def probe_base_url(self) -> str:
+        """Where the supervisor reaches the server from the host."""
+        return self.endpoint.base_url
 
     @classmethod
     def settings_customise_sources(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .classify import Cause
 from .modelhealth import ModelState
 from .policy import State
+from .scheduler import Phase
 from .settings import Engine, RuntimeKind
 from .vocab import LoadState, RestartReason
 
@@ -139,6 +140,34 @@ class ServerSnapshot(_Model):
     retry_in_seconds: float | None
 
 
+class GatewayModelStatus(_Model):
+    """One model as the gateway sees it (``-``: requests that name no configured model)."""
+
+    model: str
+    resident: bool
+    in_flight: int
+    queued: int
+    # Outcome (completed, cut-off, queue-full, ...) -> requests.
+    requests: dict[str, int]
+    swaps: int
+    # Requests that arrived while the server was not serving and waited for it.
+    held: int
+    prompt_tokens: int
+    completion_tokens: int
+    mean_wait_seconds: float
+    max_wait_seconds: float
+
+
+class GatewaySnapshot(_Model):
+    """The gateway's part of the status (absent when the gateway is off)."""
+
+    phase: Phase
+    listen: str
+    upstream: str
+    unloading: list[str]
+    models: list[GatewayModelStatus]
+
+
 class ModelsSnapshot(_Model):
     """The models owner's part of the status."""
 
@@ -173,12 +202,14 @@ class Status(_Model):
     retry_in_seconds: float | None
     config: ConfigStatus
     models: list[ModelStatus]
+    gateway: GatewaySnapshot | None = None
     recent_events: list[RecentEvent]
 
     @classmethod
     def assemble(cls, *, version: str, engine: Engine, runtime: RuntimeKind, server_url: str,
                  supervisor_uptime: float, server: ServerSnapshot, config: ConfigStatus,
-                 models: ModelsSnapshot, recent: list[RecentEvent]) -> Status:
+                 models: ModelsSnapshot, recent: list[RecentEvent],
+                 gateway: GatewaySnapshot | None = None) -> Status:
         return cls(
             version=version, state=server.state, since_seconds=server.since_seconds,
             reason=server.reason, engine=engine, runtime=runtime,
@@ -191,7 +222,7 @@ class Status(_Model):
             last_failure=server.last_failure, model_restarts=models.model_restarts,
             drain=server.drain, idle_seconds=models.idle_seconds,
             retry_in_seconds=server.retry_in_seconds, config=config, models=models.models,
-            recent_events=recent,
+            gateway=gateway, recent_events=recent,
         )
 
 

@@ -1,4 +1,5 @@
-"""The daemon's listening surfaces: the control socket and, when set, the status API."""
+"""The daemon's listening surfaces: the control socket, the status API when set, and the
+gateway when on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from .api import start_api
 from .control import start_control
 from .daemon import Daemon
+from .gateway import Proxy, start_gateway
+from .sockets import take_gateway_socket
 
 
 async def start_surfaces(daemon: Daemon) -> Callable[[], Awaitable[None]]:
@@ -15,6 +18,10 @@ async def start_surfaces(daemon: Daemon) -> Callable[[], Awaitable[None]]:
     closers = [await start_control(daemon, sup.control_socket, sup.control_socket_group)]
     if sup.status_api:
         closers.append(await start_api(daemon, sup.status_api))
+    if daemon.gateway is not None:
+        # Last opened, first closed: it stops taking requests before anything else goes.
+        closers.append(await start_gateway(daemon.settings, Proxy(daemon.settings, daemon.post),
+                                           take_gateway_socket()))
 
     async def close() -> None:
         for c in reversed(closers):

@@ -45,6 +45,7 @@ class Supervised:
     proc: subprocess.Popen[bytes] | None = None
     status_port: int = field(default_factory=free_port)
     server_port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
 
     @classmethod
     def create(cls, base: Path, models_dir: Path, models: dict[str, str],
@@ -74,6 +75,10 @@ class Supervised:
             "health": {"interval": 1.0, "timeout": 3.0, "failure_threshold": 3},
             "restart": {"backoff_initial": 0.5, "backoff_max": 5.0},
             "watch": {"debounce_ms": 500},
+            # Off unless a test asks: the others talk to the server directly. When on, the
+            # server keeps server_port (on loopback, behind it) and the gateway takes its own.
+            "gateway": {"enabled": False, "listen": f"127.0.0.1:{sup.gateway_port}",
+                        "upstream_port": sup.server_port},
         }
         for name, values in sections.items():
             settings.setdefault(name, {}).update(values)
@@ -106,6 +111,10 @@ class Supervised:
     @property
     def server_url(self) -> str:
         return f"http://127.0.0.1:{self.server_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     def write_config(self, models: dict[str, str], header: str = "") -> None:
         """Write config.yaml the way editors do: a temp file renamed over the old one."""

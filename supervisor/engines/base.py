@@ -86,6 +86,10 @@ class EngineAdapter(Protocol):
         """Restart one model without restarting the server."""
         ...
 
+    def unload_call(self, model: str) -> Call:
+        """Unload one model now (the gateway does this before a swap)."""
+        ...
+
     def activity_calls(self, loaded: list[str]) -> list[Call]:
         """Requests whose answers ``activity`` reads (never load a model)."""
         ...

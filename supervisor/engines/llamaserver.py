@@ -119,8 +119,8 @@ class LlamaServerEngine:
         args = (
             "--models-preset", f"{paths.rendered_dir.rstrip('/')}/{PRESET_NAME}",
             "--models-max", str(models_max),
-            "--host", srv.listen_host,
-            "--port", str(srv.listen_port),
+            "--host", settings.endpoint.listen_host,
+            "--port", str(settings.endpoint.listen_port),
             "--threads", str(srv.threads),
             # Per-model counters (n_decode_total, requests_processing) tell busy from idle.
             "--metrics",
@@ -166,6 +166,9 @@ class LlamaServerEngine:
     def restart_model_calls(self, model: str) -> list[Call]:
         return [Call("POST", "/models/unload", {"model": model}),
                 Call("POST", "/models/load", {"model": model})]
+
+    def unload_call(self, model: str) -> Call:
+        return Call("POST", "/models/unload", {"model": model})
 
     def activity_calls(self, loaded: list[str]) -> list[Call]:
         return [Call("GET", f"/metrics?model={quote(m, safe='')}&autoload=false")

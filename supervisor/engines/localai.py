@@ -48,7 +48,7 @@ class LocalAIEngine:
             "run",
             "--config-file", paths.model_config,
             "--models-path", paths.models_dir,
-            "--address", f"{srv.listen_host}:{srv.listen_port}",
+            "--address", f"{settings.endpoint.listen_host}:{settings.endpoint.listen_port}",
             *settings.localai.extra_args,
         )
         return EngineLaunch(args=args, env=tuple(sorted(env.items())))
@@ -77,6 +77,10 @@ class LocalAIEngine:
     def restart_model_calls(self, model: str) -> list[Call]:
         # The backend is reloaded lazily by the next request (the next probe).
         return [Call("POST", "/backend/shutdown", {"model": model})]
+
+    def unload_call(self, model: str) -> Call:
+        # Since v4.8.0: 200 stopped / 404 not loaded; before: 200, or 500 when not loaded.
+        return Call("POST", "/backend/shutdown", {"model": model})
 
     def activity_calls(self, loaded: list[str]) -> list[Call]:
         """The api_call histogram, then each loaded model's backend monitor."""

@@ -28,6 +28,7 @@ from supervisor.runtime import (
 )
 from supervisor.settings import (
     Engine,
+    GatewaySection,
     HealthSection,
     RestartSection,
     RuntimeKind,
@@ -248,7 +249,7 @@ CONFIG = """\
 """
 
 
-def make_settings(base: Path, **health: object) -> Settings:
+def make_settings(base: Path, gateway: bool = False, **health: object) -> Settings:
     models = base / "models"
     models.mkdir(parents=True, exist_ok=True)
     if not (models / "tiny-a.gguf").exists():
@@ -266,6 +267,7 @@ def make_settings(base: Path, **health: object) -> Settings:
                                 **health}),  # type: ignore[arg-type]
         restart=RestartSection(backoff_initial=1.0, jitter=0.0),
         watch=WatchSection(enabled=False, settle_seconds=0),
+        gateway=GatewaySection(enabled=gateway),
     )
 
 

@@ -38,7 +38,7 @@ def test_defaults_reproduce_the_hand_run_container() -> None:
     assert s.server.models_dir == Path("/var/lib/localai/model")
     assert (s.server.listen_host, s.server.listen_port) == ("0.0.0.0", 40080)
     assert (s.server.publish_host, s.server.publish_port) == ("0.0.0.0", 40080)
-    assert s.server.probe_base_url == "http://127.0.0.1:40080"
+    assert s.probe_base_url == "http://127.0.0.1:40089"
     assert (s.server.threads, s.server.parallel, s.server.single_active_backend) == (8, 8, True)
     assert s.docker.image == "localai"
     assert s.docker.container_name == "localai"

@@ -74,6 +74,8 @@ def make_settings(layout: Layout, engine: str = "localai", runtime: str = "docke
                   **sections: Any) -> Settings:
     server = {"engine": engine, "runtime": runtime, "model_config_file": layout.config,
               "models_dir": layout.models, **sections.pop("server", {})}
+    # The server's own addresses, as without the gateway (the gateway's tests say otherwise).
+    sections.setdefault("gateway", {"enabled": False})
     return Settings(supervisor={"state_dir": layout.state}, server=server, **sections)
 
 
@@ -530,3 +532,15 @@ def test_llama_server_listed_models_with_load_state() -> None:
 @pytest.mark.parametrize("body", [None, [], {"data": None}, {"models": []}, "x"], ids=repr)
 def test_llama_server_listed_models_on_unexpected_bodies(body: Any) -> None:
     assert LlamaServerEngine().listed_models(body) == {}
+
+
+@pytest.mark.parametrize("runtime", ["docker", "process"])
+def test_behind_the_gateway_the_server_is_reachable_on_loopback_only(
+        layout: Layout, runtime: str) -> None:
+    spec = build(layout, "llama-server", runtime, gateway={"upstream_port": 40099})
+    assert (spec.publish_host, spec.publish_port) == ("127.0.0.1", 40099)
+    args = dict(zip(spec.args[::2], spec.args[1::2], strict=False))
+    if runtime == "process":
+        assert (args["--host"], args["--port"]) == ("127.0.0.1", "40099")
+    else:  # inside its container it listens as before; docker publishes it on loopback
+        assert (args["--host"], args["--port"]) == ("0.0.0.0", "40080")

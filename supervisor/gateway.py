@@ -1,0 +1,659 @@
+"""The swap-aware gateway: the public port, in front of the server.
+
+Two halves. ``GatewayOwner`` lives in the daemon loop: it owns the scheduler (queues, in-flight
+counts, residency), the replies of waiting requests and the gateway's counters, and it learns
+the server's state from the server owner's notices only. ``Proxy`` is the aiohttp app: each
+request's handler reads the body once to find the model, posts ``Arrived`` and waits for its
+ticket, then passes the request through byte for byte (SSE chunk by chunk) and posts
+``Finished``. Handlers decide nothing: admission, refusal and unloads are the owner's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .effects import DrainResult
+from .engines import EngineAdapter
+from .ggufinfo import GGUFInfo
+from .health import Probing
+from .lint import footprint_bytes, slots_for
+from .modelconfig import ModelSet
+from .scheduler import (
+    Action,
+    Admit,
+    Arrive,
+    Configure,
+    Drain,
+    Drained,
+    Event,
+    Finish,
+    Leave,
+    ModelLimits,
+    Phase,
+    PhaseChanged,
+    Refusal,
+    Refuse,
+    Rules,
+    Scheduler,
+    Tick,
+    Unload,
+    Unloaded,
+)
+from .settings import Settings, split_host_port
+from .status import GatewayModelStatus, GatewaySnapshot
+from .tasks import TaskSet
+
+log = structlog.get_logger("supervisor.gateway")
+
+# Retry-After (seconds) by refusal: a full queue clears quickly, a restart takes longer.
+RETRY_AFTER = {Refusal.QUEUE_FULL: 2, Refusal.QUEUE_TIMEOUT: 10,
+               Refusal.SERVER_UNAVAILABLE: 10, Refusal.SERVER_DOWN: 30}
+# A request whose connect was refused (the server died between admission and connect) asks
+# again after this pause, keeping its place; the server owner learns of the death meanwhile.
+REQUEUE_PAUSE = 0.1
+CONNECT_TIMEOUT = 10.0
+# Paths that name a model but are not inference: they never start a swap.
+_ADMIN_PREFIXES = ("/backend/", "/models/", "/api/", "/system", "/metrics", "/props", "/slots")
+_HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Host", "Content-Length"))
+# The last part of a stream kept to read its usage block.
+_TAIL_BYTES = 8192
+# A JSON answer larger than this is passed through without reading its usage.
+_USAGE_BODY_MAX = 1 << 20
+NO_MODEL = "-"
+
+
+class Outcome(StrEnum):
+    """How a request through the gateway ended (a closed vocabulary: a metric label)."""
+
+    COMPLETED = "completed"
+    CLIENT_GONE = "client-gone"
+    CUT_OFF = "cut-off"
+    UPSTREAM_FAILED = "upstream-failed"
+    QUEUE_FULL = "queue-full"
+    QUEUE_TIMEOUT = "queue-timeout"
+    SERVER_UNAVAILABLE = "server-unavailable"
+    SERVER_DOWN = "server-down"
+
+
+# ---- messages (posted to the daemon loop) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """The owner's answer to ``Arrived``: go (``refusal`` None), or the reason not to."""
+
+    refusal: Refusal | None = None
+    waited: float = 0.0
+    swap_began: float | None = None
+
+
+@dataclass(frozen=True)
+class Arrived:
+    rid: int
+    model: str | None
+    arrived: float
+    reply: asyncio.Future[Ticket]
+
+
+@dataclass(frozen=True)
+class Finished:
+    rid: int
+    outcome: Outcome
+    # Seconds from admission to the answer's first byte (None: no answer came).
+    ttfb: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Left:
+    rid: int
+
+
+@dataclass(frozen=True)
+class UnloadDone:
+    epoch: int
+    models: tuple[str, ...]
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DrainRequest:
+    """A planned stop wants every request through the gateway finished (bounded)."""
+
+    timeout: float
+    reply: asyncio.Future[DrainResult]
+
+
+# ---- the owner ---------------------------------------------------------------------------------
+
+
+def rules_from(settings: Settings, models: ModelSet | None,
+               ggufs: Mapping[str, GGUFInfo]) -> Rules:
+    g = settings.gateway
+    srv = settings.server
+    limits: dict[str, ModelLimits] = {}
+    if models is not None:
+        sizes = {f.name: f.size for f in models.files}
+        for entry in models.entries:
+            limits[entry.name] = ModelLimits(
+                slots=slots_for(entry.options or (), srv.engine, srv.parallel),
+                footprint=footprint_bytes(sizes.get(entry.name), entry.context_size,
+                                          ggufs.get(entry.name)))
+    if srv.single_active_backend:
+        max_resident: int | None = 1
+    else:
+        max_resident = settings.llama_server.models_max if srv.engine.value == "llama-server" \
+            else None
+        if srv.engine.value == "llama-server" and max_resident is None:
+            max_resident = 4  # llama-server's own --models-max default
+    budget = int(srv.gpu_memory_gb * 1024**3) if srv.gpu_memory_gb else None
+    return Rules(models=limits, max_resident=max_resident, memory_budget=budget,
+                 queue_max=g.queue_max, queue_timeout=g.queue_timeout, max_hold=g.max_hold)
+
+
+@dataclass
+class _ModelCounts:
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    swaps: int = 0
+    held: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wait_sum: float = 0.0
+    wait_max: float = 0.0
+
+
+@dataclass
+class _Pending:
+    reply: asyncio.Future[Ticket]
+    model: str | None
+    arrived: float
+    # Arrived while the server was not serving: a held request.
+    held: bool = False
+
+
+@dataclass
+class _Drain:
+    reply: asyncio.Future[DrainResult]
+    started: float
+    deadline: float
+    first: int
+
+
+class GatewayOwner:
+    """Owns the scheduler and everything the gateway counts; see the module docstring."""
+
+    def __init__(self, settings: Settings, engine: EngineAdapter, prober: Probing,
+                 post: Callable[[Any], None], clock: Callable[[], float],
+                 observe: GatewayObserver | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._prober = prober
+        self._post = post
+        self._clock = clock
+        self._observe = observe or GatewayObserver()
+        self.sched = Scheduler(rules_from(settings, None, {}))
+        self._models: tuple[ModelSet | None, Mapping[str, GGUFInfo]] = (None, {})
+        self._pending: dict[int, _Pending] = {}
+        self._admitted: dict[int, tuple[str | None, float, float | None]] = {}
+        self._counts: dict[str, _ModelCounts] = {}
+        self._token: str | None = None
+        self._drains: list[_Drain] = []
+        self._tasks = TaskSet()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def configure(self, models: ModelSet, ggufs: Mapping[str, GGUFInfo]) -> None:
+        self._models = (models, ggufs)
+        self._step(Configure(rules_from(self._settings, models, ggufs)))
+
+    def set_settings(self, settings: Settings) -> None:
+        self._settings = settings
+        self._step(Configure(rules_from(settings, *self._models)))
+
+    def serving_changed(self, token: str | None, serving: bool, down: bool) -> None:
+        phase = Phase.OPEN if serving else Phase.DOWN if down else Phase.HELD
+        fresh = serving and token != self._token
+        if serving:
+            self._token = token
+        if phase is not self.sched.phase or fresh:
+            log.info("gateway.phase", old=self.sched.phase.value, new=phase.value,
+                     waiting=self.sched.waiting, in_flight=self.sched.admitted)
+        self._step(PhaseChanged(phase, fresh=fresh))
+
+    def on_arrived(self, msg: Arrived) -> None:
+        if msg.reply.done():  # the client left before the loop saw it
+            return
+        self._pending[msg.rid] = _Pending(msg.reply, msg.model, msg.arrived,
+                                          held=self.sched.phase is not Phase.OPEN)
+        self._step(Arrive(msg.rid, msg.model, msg.arrived))
+
+    def on_finished(self, msg: Finished) -> None:
+        admitted = self._admitted.pop(msg.rid, None)
+        if admitted is not None:
+            model, at, swap_began = admitted
+            label = model or NO_MODEL
+            counts = self._counts.setdefault(label, _ModelCounts())
+            counts.outcomes[msg.outcome] += 1
+            counts.prompt_tokens += msg.prompt_tokens or 0
+            counts.completion_tokens += msg.completion_tokens or 0
+            swap = None
+            if swap_began is not None and msg.ttfb is not None:
+                swap = at + msg.ttfb - swap_began
+            self._observe.finished(label, msg, swap)
+            if msg.outcome is Outcome.CUT_OFF:
+                log.warning("gateway.cut_off", model=label,
+                            cause="the server closed the stream mid-answer",
+                            action="ended the client's stream with an error event")
+        self._step(Finish(msg.rid))
+
+    def on_left(self, msg: Left) -> None:
+        pending = self._pending.pop(msg.rid, None)
+        admitted = self._admitted.pop(msg.rid, None)
+        model = pending.model if pending else admitted[0] if admitted else None
+        if pending is not None or admitted is not None:
+            label = model if model is not None and model in self.sched.rules.models \
+                else NO_MODEL
+            self._counts.setdefault(label, _ModelCounts()).outcomes[Outcome.CLIENT_GONE] += 1
+            self._observe.outcome(label, Outcome.CLIENT_GONE)
+        self._step(Leave(msg.rid))
+
+    def on_unloaded(self, msg: UnloadDone) -> None:
+        if msg.error:
+            log.warning("gateway.unload_failed", models=list(msg.models), error=msg.error,
+                        action="swapping anyway: the engine unloads by itself")
+        else:
+            log.info("gateway.unloaded", models=list(msg.models), seconds=round(msg.seconds, 3))
+        self._step(Unloaded(msg.epoch))
+
+    def on_drain_request(self, msg: DrainRequest) -> None:
+        now = self._clock()
+        self._drains.append(_Drain(msg.reply, now, now + msg.timeout, self.sched.admitted))
+        self._step(Drain())
+
+    def tick(self, now: float) -> None:
+        for d in [d for d in self._drains if now >= d.deadline]:
+            self._drains.remove(d)
+            left = self.sched.admitted
+            if not d.reply.done():
+                d.reply.set_result(DrainResult(d.first, drained=max(0, d.first - left),
+                                               cut_off=left, seconds=now - d.started))
+        due = self.sched.next_deadline(now)
+        if due is not None and now >= due:
+            self._step(Tick())
+
+    def next_deadline(self) -> float | None:
+        times = [d.deadline for d in self._drains]
+        due = self.sched.next_deadline(self._clock())
+        if due is not None:
+            times.append(due)
+        return min(times) if times else None
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def _step(self, event: Event) -> None:
+        now = self._clock()
+        for action in self.sched.step(event, now):
+            self._perform(action, now)
+
+    def _perform(self, action: Action, now: float) -> None:
+        if isinstance(action, Admit):
+            pending = self._pending.pop(action.rid, None)
+            self._admitted[action.rid] = (action.model, now, action.swap_began)
+            label = action.model or NO_MODEL
+            counts = self._counts.setdefault(label, _ModelCounts())
+            counts.wait_sum += action.waited
+            counts.wait_max = max(counts.wait_max, action.waited)
+            if pending is not None and pending.held:
+                counts.held += 1
+            self._observe.admitted(label, action.waited, pending is not None and pending.held)
+            if pending is None or pending.reply.done():
+                # Its client left before the ticket: nobody will report it finished.
+                self._post(Left(action.rid))
+            else:
+                pending.reply.set_result(Ticket(None, action.waited, action.swap_began))
+        elif isinstance(action, Refuse):
+            pending = self._pending.pop(action.rid, None)
+            label = action.model or NO_MODEL
+            outcome = Outcome(action.why.value)
+            self._counts.setdefault(label, _ModelCounts()).outcomes[outcome] += 1
+            self._observe.outcome(label, outcome)
+            log.warning("gateway.refused", model=label, why=action.why.value,
+                        waited=round(action.waited, 3), status=action.why.status,
+                        action=f"answered {action.why.status} with Retry-After "
+                        f"{RETRY_AFTER[action.why]}s")
+            if pending is not None and not pending.reply.done():
+                pending.reply.set_result(Ticket(action.why, action.waited))
+        elif isinstance(action, Unload):
+            self._counts.setdefault(action.for_model, _ModelCounts()).swaps += 1
+            self._observe.swap(action.for_model)
+            log.info("gateway.swap", unload=list(action.models), load=action.for_model)
+            self._tasks.spawn(self._unload(action))
+        elif isinstance(action, Drained):
+            for d in self._drains:
+                if not d.reply.done():
+                    d.reply.set_result(DrainResult(d.first, drained=d.first,
+                                                   seconds=now - d.started))
+            self._drains.clear()
+
+    async def _unload(self, action: Unload) -> None:
+        started = self._clock()
+        errors = []
+        for model in action.models:
+            status, text = await self._prober.call(self._engine.unload_call(model),
+                                                   self._settings.gateway.unload_timeout)
+            # Not loaded (400/404, or 500 before LocalAI v4.8.0) is as good as unloaded.
+            if status not in (200, 400, 404, 500):
+                errors.append(f"{model}: HTTP {status}: {text[:200]}")
+        self._post(UnloadDone(action.epoch, action.models, self._clock() - started,
+                              "; ".join(errors) or None))
+
+    async def close(self) -> None:
+        await self._tasks.close()
+
+    # -- views -----------------------------------------------------------------------------
+
+    def snapshot(self) -> GatewaySnapshot:
+        models = sorted(set(self.sched.rules.models) | set(self._counts))
+        out = []
+        for m in models:
+            c = self._counts.get(m, _ModelCounts())
+            key = None if m == NO_MODEL else m
+            admitted = sum(c.outcomes.values()) - sum(
+                c.outcomes[o] for o in Outcome if o.value in {r.value for r in Refusal})
+            out.append(GatewayModelStatus(
+                model=m, resident=m in self.sched.resident,
+                in_flight=self.sched.in_flight[key], queued=self.sched.queued(key),
+                requests={o.value: n for o, n in sorted(c.outcomes.items()) if n},
+                swaps=c.swaps, held=c.held, prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                mean_wait_seconds=round(c.wait_sum / admitted, 4) if admitted > 0 else 0.0,
+                max_wait_seconds=round(c.wait_max, 4)))
+        return GatewaySnapshot(phase=self.sched.phase, listen=self._settings.gateway.listen,
+                               upstream=self._settings.probe_base_url,
+                               unloading=list(self.sched.unloading), models=out)
+
+
+class GatewayObserver:
+    """Where the owner reports what it counts (histograms for /metrics); no-op by default."""
+
+    def admitted(self, model: str, waited: float, held: bool) -> None:
+        pass
+
+    def outcome(self, model: str, outcome: Outcome) -> None:
+        pass
+
+    def finished(self, model: str, msg: Finished, swap_seconds: float | None) -> None:
+        self.outcome(model, msg.outcome)
+
+    def swap(self, model: str) -> None:
+        pass
+
+
+# ---- the proxy -------------------------------------------------------------------------------
+
+
+def model_of(method: str, path: str, query: Mapping[str, str], content_type: str,
+             body: bytes) -> str | None:
+    """The model a request asks for: JSON body, multipart form field or query parameter.
+    Only inference counts: GETs and admin paths never start a swap."""
+    if method != "POST" or path.startswith(_ADMIN_PREFIXES):
+        return None
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if ctype == "application/json" or (not ctype and body[:1] == b"{"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, str) and model:
+            return model
+    elif ctype == "multipart/form-data":
+        found = _multipart_field(content_type, body, "model")
+        if found:
+            return found
+    model = query.get("model")
+    return model or None
+
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
+_FIELD_NAME = re.compile(rb'name="([^"]*)"', re.I)
+
+
+def _multipart_field(content_type: str, body: bytes, name: str) -> str | None:
+    m = _BOUNDARY.search(content_type)
+    if not m:
+        return None
+    for part in body.split(b"--" + m.group(1).encode())[1:]:
+        head, sep, value = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        disposition = _FIELD_NAME.search(head)
+        if disposition and disposition.group(1).decode(errors="replace") == name \
+                and b"filename=" not in head:
+            text = value.removesuffix(b"\r\n").decode(errors="replace").strip()
+            return text or None
+    return None
+
+
+def error_body(why: Refusal, model: str | None, waited: float) -> dict[str, Any]:
+    """An OpenAI-shaped error that says why the gateway answered itself."""
+    what = f"model {model!r}" if model else "the request"
+    messages = {
+        Refusal.QUEUE_FULL: f"too many requests are waiting for {what}; retry later",
+        Refusal.QUEUE_TIMEOUT: f"{what} waited {waited:.0f}s for its turn (other models or "
+                               "busy slots); retry later",
+        Refusal.SERVER_UNAVAILABLE: f"the server is restarting or recovering; {what} waited "
+                                    f"{waited:.0f}s; retry later",
+        Refusal.SERVER_DOWN: "the server is stopped or failed (see supervisorctl status)",
+    }
+    return {"error": {"message": messages[why], "type": "server_error" if why.status == 503
+                      else "rate_limit_error", "code": why.value, "param": None}}
+
+
+def _usage(data: Any) -> tuple[int | None, int | None]:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (p if isinstance(p, int) else None, c if isinstance(c, int) else None)
+
+
+def _stream_usage(tail: bytes) -> tuple[int | None, int | None]:
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data:") and b'"usage"' in line:
+            with contextlib.suppress(ValueError):
+                return _usage(json.loads(line[5:]))
+    return None, None
+
+
+class Proxy:
+    """The aiohttp side: one handler per request, posting to the owner and passing bytes."""
+
+    def __init__(self, settings: Settings, post: Callable[[Any], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._upstream = settings.probe_base_url
+        self._post = post
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
+                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        return self._http
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._settings.gateway.max_body_mb * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        model = model_of(request.method, request.path, request.query,
+                         request.headers.get("Content-Type", ""), body)
+        arrived = self._clock()
+        while True:
+            rid = next(self._ids)
+            ticket = await self._wait_turn(rid, model, arrived)
+            if ticket.refusal is not None:
+                return self._refusal(ticket, model)
+            outcome, resp = await self._forward(rid, request, body)
+            if resp is not None:
+                return resp
+            if outcome is None:  # connect refused: the server just died; wait our turn again
+                await asyncio.sleep(REQUEUE_PAUSE)
+                continue
+            raise AssertionError("unreachable")
+
+    async def _wait_turn(self, rid: int, model: str | None, arrived: float) -> Ticket:
+        reply: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        self._post(Arrived(rid, model, arrived, reply))
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            reply.cancel()
+            self._post(Left(rid))
+            raise
+
+    def _refusal(self, ticket: Ticket, model: str | None) -> web.Response:
+        assert ticket.refusal is not None
+        why = ticket.refusal
+        return web.json_response(error_body(why, model, ticket.waited), status=why.status,
+                                 headers={"Retry-After": str(RETRY_AFTER[why])})
+
+    async def _forward(self, rid: int, request: web.Request, body: bytes
+                       ) -> tuple[Outcome | None, web.StreamResponse | None]:
+        """Pass one admitted request through. Returns (None, None) when the connect was
+        refused (nothing reached the server: the caller queues it again)."""
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in _HOP_BY_HOP)
+        if request.remote:
+            prior = request.headers.get("X-Forwarded-For")
+            headers["X-Forwarded-For"] = f"{prior}, {request.remote}" if prior else \
+                request.remote
+        started = self._clock()
+        outcome = Outcome.COMPLETED
+        ttfb: float | None = None
+        usage: tuple[int | None, int | None] = (None, None)
+        resp: web.StreamResponse | None = None
+        try:
+            async with self._session().request(
+                    request.method, self._upstream + request.rel_url.raw_path_qs,
+                    headers=headers, data=body or None, allow_redirects=False) as up:
+                ttfb = self._clock() - started
+                resp, outcome, usage = await self._relay(request, up)
+        except aiohttp.ClientConnectorError:
+            self._post(Finished(rid, Outcome.UPSTREAM_FAILED))
+            return None, None
+        except asyncio.CancelledError:
+            self._post(Finished(rid, Outcome.CLIENT_GONE, ttfb))
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if resp is None or not resp.prepared:
+                self._post(Finished(rid, Outcome.UPSTREAM_FAILED, ttfb))
+                return Outcome.UPSTREAM_FAILED, web.json_response(
+                    {"error": {"message": f"the server failed to answer: {type(exc).__name__}",
+                               "type": "server_error", "code": "upstream-failed",
+                               "param": None}}, status=502)
+            outcome = Outcome.CUT_OFF
+        self._post(Finished(rid, outcome, ttfb, *usage))
+        assert resp is not None
+        return outcome, resp
+
+    async def _relay(self, request: web.Request, up: aiohttp.ClientResponse
+                     ) -> tuple[web.StreamResponse, Outcome, tuple[int | None, int | None]]:
+        resp = web.StreamResponse(status=up.status, reason=up.reason)
+        for k, v in up.headers.items():
+            if k.lower() not in _HOP_BY_HOP:
+                resp.headers.add(k, v)
+        if up.content_length is not None:
+            resp.content_length = up.content_length
+        sse = up.headers.get("Content-Type", "").startswith("text/event-stream")
+        keep = not sse and (up.content_length or 0) <= _USAGE_BODY_MAX and \
+            up.headers.get("Content-Type", "").startswith("application/json")
+        await resp.prepare(request)
+        tail = b""
+        kept: list[bytes] = []
+        try:
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+                if sse:
+                    tail = (tail + chunk)[-_TAIL_BYTES:]
+                elif keep:
+                    kept.append(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError) as exc:
+            up.close()
+            if sse:
+                event = {"error": {"message": "the server closed the stream mid-answer "
+                                   f"({type(exc).__name__})", "type": "server_error",
+                                   "code": "cut-off", "param": None}}
+                with contextlib.suppress(ConnectionError):
+                    await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            with contextlib.suppress(ConnectionError):
+                await resp.write_eof()
+            return resp, Outcome.CUT_OFF, _stream_usage(tail)
+        except ConnectionError:  # the client went away: close upstream so the slot is freed
+            up.close()
+            return resp, Outcome.CLIENT_GONE, (None, None)
+        await resp.write_eof()
+        if sse:
+            return resp, Outcome.COMPLETED, _stream_usage(tail)
+        if keep and kept:
+            with contextlib.suppress(ValueError):
+                return resp, Outcome.COMPLETED, _usage(json.loads(b"".join(kept)))
+        return resp, Outcome.COMPLETED, (None, None)
+
+
+# ---- listening ---------------------------------------------------------------------------------
+
+
+async def start_gateway(settings: Settings, proxy: Proxy, sock: socket.socket | None
+                        ) -> Callable[[], Awaitable[None]]:
+    """Listen on the inherited socket (systemd socket activation) or on ``gateway.listen``."""
+    runner = web.AppRunner(proxy.app(), access_log=None, handler_cancellation=True,
+                           shutdown_timeout=settings.health.drain_timeout)
+    await runner.setup()
+    if sock is not None:
+        site: web.BaseSite = web.SockSite(runner, sock)
+        where = f"inherited socket {sock.getsockname()}"
+    else:
+        host, port = split_host_port(settings.gateway.listen)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        where = settings.gateway.listen
+    await site.start()
+    log.info("gateway.listening", address=where, upstream=settings.probe_base_url)
+
+    async def close() -> None:
+        await runner.cleanup()
+        await proxy.close()
+
+    return close

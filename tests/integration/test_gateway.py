@@ -1,0 +1,276 @@
+"""The swap-aware gateway in front of the real llama-server (router mode, --models-max 1).
+
+Each test starts a supervisor of the process runtime with the gateway on a port of its own and
+the server behind it on loopback, so the same requests can be sent both ways: directly to the
+server (what clients did before) and through the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from supervised import Supervised
+
+from supervisor.tinygguf import write_tiny_llama
+
+pytestmark = pytest.mark.integration
+
+LONG_CTX = 8192
+
+
+@pytest.fixture(scope="module")
+def long_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny models with a context long enough for long generations."""
+    models = tmp_path_factory.mktemp("long-models")
+    for name, seed in (("tiny-a", 1), ("tiny-b", 2)):
+        write_tiny_llama(models / f"{name}.gguf", seed=seed, name=name,
+                         context_length=LONG_CTX)
+    return models
+
+
+def long_config(sup: Supervised, parallel: int | None = None) -> None:
+    opts = f"  options: ['parallel:{parallel}']\n" if parallel else ""
+    sup.config_file.write_text("".join(
+        f"- name: {m}\n  context_size: {LONG_CTX}\n{opts}  parameters:\n"
+        f"    model: {m}.gguf\n" for m in ("tiny-a", "tiny-b")))
+
+
+@pytest.fixture
+def gateway_sup(make_process_supervised: Callable[..., Supervised], long_models: Path
+                ) -> Callable[..., Supervised]:
+    def make(parallel: int | None = None, **gateway: Any) -> Supervised:
+        sup = make_process_supervised({}, models_dir=long_models,
+                                      gateway={"enabled": True, **gateway})
+        long_config(sup, parallel)
+        sup.start()
+        sup.wait_for(lambda s: s["state"] == "RUNNING", 60, "RUNNING")
+        return sup
+    return make
+
+
+def chat_body(model: str, max_tokens: int = 8, stream: bool = False,
+              ignore_eos: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": stream,
+                            "messages": [{"role": "user", "content": "hi"}]}
+    if ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+async def stream_chat(http: aiohttp.ClientSession, url: str, model: str, tokens: int
+                      ) -> tuple[int, int, bool]:
+    """(status, data events, ended with [DONE])."""
+    async with http.post(f"{url}/v1/chat/completions",
+                         json=chat_body(model, tokens, stream=True, ignore_eos=True)) as resp:
+        events = 0
+        done = False
+        async for line in resp.content:
+            if line.startswith(b"data: [DONE]"):
+                done = True
+            elif line.startswith(b"data:"):
+                events += 1
+                if b'"error"' in line:
+                    return resp.status, events, False
+        return resp.status, events, done
+
+
+async def test_requests_pass_through_unchanged(gateway_sup: Callable[..., Supervised]) -> None:
+    sup = gateway_sup()
+    async with aiohttp.ClientSession() as http:
+        for path in ("/v1/models", "/models", "/no-such-path"):
+            async with http.get(sup.server_url + path) as direct, \
+                    http.get(sup.gateway_url + path) as via:
+                assert via.status == direct.status, path
+                assert via.headers.get("Content-Type") == direct.headers.get("Content-Type")
+                if path != "/models":  # /models carries live load states
+                    assert await via.read() == await direct.read()
+        async with http.post(sup.gateway_url + "/v1/chat/completions",
+                             json=chat_body("tiny-a", 4)) as resp:
+            data = await resp.json()
+            assert resp.status == 200 and data["model"] == "tiny-a"
+        # A stream arrives chunk by chunk, not buffered to the end.
+        async with http.post(sup.gateway_url + "/v1/chat/completions",
+                             json=chat_body("tiny-a", 64, stream=True, ignore_eos=True)) as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            chunks = [c async for c in resp.content.iter_any()]
+            assert len(chunks) > 5
+        # A malformed body gets the server's own answer.
+        async with http.post(sup.gateway_url + "/v1/chat/completions", data=b"{not json",
+                             headers={"Content-Type": "application/json"}) as via, \
+                http.post(sup.server_url + "/v1/chat/completions", data=b"{not json",
+                          headers={"Content-Type": "application/json"}) as direct:
+            assert via.status == direct.status
+    status = sup.status()["gateway"]
+    a = next(m for m in status["models"] if m["model"] == "tiny-a")
+    assert a["requests"]["completed"] == 2 and a["completion_tokens"] >= 4
+
+
+async def test_a_second_model_waits_its_turn_instead_of_starving(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    """Three clients keep model A busy back to back while B is asked for. Directly against the
+    router B is not answered within 20 s (it starves); through the gateway it is answered
+    once A's hold (max_hold 3 s) ends, and every A stream completes."""
+    sup = gateway_sup(max_hold=3.0)
+    timeout = aiohttp.ClientTimeout(total=20)
+
+    async def run(url: str) -> tuple[list[tuple[int, int, bool]], str]:
+        stop = asyncio.Event()
+        results: list[tuple[int, int, bool]] = []
+
+        async def keep_a_busy(http: aiohttp.ClientSession) -> None:
+            while not stop.is_set():
+                results.append(await stream_chat(http, url, "tiny-a", 1500))
+
+        async with aiohttp.ClientSession() as http:
+            busy = [asyncio.create_task(keep_a_busy(http)) for _ in range(3)]
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            try:
+                async with aiohttp.ClientSession(timeout=timeout) as b_http, \
+                        b_http.post(f"{url}/v1/chat/completions",
+                                    json=chat_body("tiny-b", 4)) as resp:
+                    await resp.read()
+                    outcome = f"HTTP {resp.status} after {time.monotonic() - started:.1f}s"
+            except TimeoutError:
+                outcome = "no answer within 20s"
+            stop.set()
+            await asyncio.gather(*busy)
+        return results, outcome
+
+    direct, direct_b = await run(sup.server_url)
+    via, via_b = await run(sup.gateway_url)
+    print(f"direct: B {direct_b}, {len(direct)} A streams; "
+          f"gateway: B {via_b}, {len(via)} A streams")
+    assert direct_b == "no answer within 20s"
+    assert via_b.startswith("HTTP 200")
+    assert via and all(status == 200 and done for status, _, done in via)
+    gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
+    assert gw["tiny-b"]["swaps"] >= 1 and gw["tiny-a"]["requests"].get("cut-off", 0) == 0
+
+
+async def test_a_full_queue_is_refused_with_429_and_a_long_wait_with_503(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    sup = gateway_sup(max_hold=60.0, queue_max=1, queue_timeout=1.0)
+    async with aiohttp.ClientSession() as http:
+        busy = asyncio.create_task(stream_chat(http, sup.gateway_url, "tiny-a", 7000))
+        await asyncio.sleep(0.5)
+        first = asyncio.create_task(http.post(sup.gateway_url + "/v1/chat/completions",
+                                              json=chat_body("tiny-b")))
+        await asyncio.sleep(0.3)
+        async with http.post(sup.gateway_url + "/v1/chat/completions",
+                             json=chat_body("tiny-b")) as full:
+            assert full.status == 429 and full.headers["Retry-After"] == "2"
+            assert (await full.json())["error"]["code"] == "queue-full"
+        async with await first as waited:
+            body = await waited.json()
+            assert waited.status == 503 and waited.headers["Retry-After"] == "10"
+            assert body["error"]["code"] == "queue-timeout", body
+        busy.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await busy
+
+
+async def test_a_client_that_disconnects_frees_the_server_slot(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    sup = gateway_sup()
+
+    async def processing() -> float:
+        async with aiohttp.ClientSession() as http, \
+                http.get(sup.server_url + "/metrics?model=tiny-a&autoload=false") as resp:
+            for line in (await resp.text()).splitlines():
+                if line.startswith("llamacpp:requests_processing"):
+                    return float(line.split()[-1])
+        raise AssertionError("no requests_processing in the metrics")
+
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(sup.gateway_url + "/v1/chat/completions",
+                               json=chat_body("tiny-a", 6000, stream=True, ignore_eos=True))
+        await resp.content.readline()
+        assert await processing() == 1
+        resp.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 5
+    while await processing() != 0:
+        assert time.monotonic() < deadline, "the server is still generating for nobody"
+        await asyncio.sleep(0.1)
+    gw = {m["model"]: m for m in sup.wait_for(
+        lambda s: s["gateway"]["models"][0]["in_flight"] == 0, 5, "in_flight 0")[
+        "gateway"]["models"]}
+    assert gw["tiny-a"]["requests"].get("client-gone") == 1
+
+
+async def test_a_restart_under_load_refuses_nothing_through_the_gateway(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    """Steady requests during `supervisorctl restart`: through the gateway all are answered
+    (held, then released); directly some meet a closed port."""
+    sup = gateway_sup()
+
+    async def load(url: str, seconds: float) -> tuple[int, int]:
+        ok = failed = 0
+        end = time.monotonic() + seconds
+
+        async def client(http: aiohttp.ClientSession) -> None:
+            nonlocal ok, failed
+            while time.monotonic() < end:
+                try:
+                    async with http.post(url + "/v1/chat/completions",
+                                         json=chat_body("tiny-a", 8)) as resp:
+                        await resp.read()
+                        ok += resp.status == 200
+                        failed += resp.status != 200
+                except aiohttp.ClientError:
+                    failed += 1
+                    await asyncio.sleep(0.05)
+
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(*(client(http) for _ in range(4)))
+        return ok, failed
+
+    for url in (sup.gateway_url, sup.server_url):
+        task = asyncio.create_task(load(url, 6.0))
+        await asyncio.sleep(1.0)
+        assert (await asyncio.to_thread(sup.ctl, "restart")).returncode == 0
+        ok, failed = await task
+        print(f"{'gateway' if url == sup.gateway_url else 'direct'}: {ok} ok, {failed} failed")
+        if url == sup.gateway_url:
+            assert failed == 0 and ok > 0
+            assert sup.status()["restarts_by_reason"].get("operator") == 1
+        else:
+            assert failed > 0
+        sup.wait_for(lambda s: s["state"] == "RUNNING", 30, "RUNNING")
+
+
+async def test_requests_are_held_through_a_crash_and_answered_after_recovery(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    sup = gateway_sup()
+    pid = sup.status()["instance"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    async with aiohttp.ClientSession() as http:
+        answers = await asyncio.gather(*(
+            http.post(sup.gateway_url + "/v1/chat/completions", json=chat_body("tiny-a"))
+            for _ in range(8)))
+        statuses = [r.status for r in answers]
+        for r in answers:
+            r.release()
+    assert statuses == [200] * 8
+    held = sum(m["held"] for m in sup.status()["gateway"]["models"])
+    print(f"held {held} of 8")
+
+
+def test_requests_naming_no_model_are_not_scheduled(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    sup = gateway_sup()
+    from testbed import http_json
+    code, body = http_json("GET", sup.gateway_url + "/v1/models")
+    assert code == 200 and {m["id"] for m in body["data"]} >= {"tiny-a", "tiny-b"}
+    gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
+    assert gw["-"]["requests"] == {"completed": 1} and gw["tiny-a"]["swaps"] == 0
+    assert json.dumps(gw)  # the status is plain JSON
