@@ -297,8 +297,8 @@ class GatewayOwner:
             if not d.reply.done():
                 d.reply.set_result(DrainResult(d.first, drained=max(0, d.first - left),
                                                cut_off=left, seconds=now - d.started))
-        due = self.sched.next_deadline(now)
-        if due is not None and now >= due:
+        if self.sched.waiting:
+            # Not only at next_deadline: a hold that just ended drops out of it once acted on.
             self._step(Tick())
 
     def next_deadline(self) -> float | None:

@@ -126,12 +126,14 @@ async def test_a_second_model_waits_its_turn_instead_of_starving(
         stop = asyncio.Event()
         results: list[tuple[int, int, bool]] = []
 
-        async def keep_a_busy(http: aiohttp.ClientSession) -> None:
+        async def keep_a_busy(http: aiohttp.ClientSession, i: int) -> None:
+            # Staggered, of different lengths: never all finished at the same moment.
+            await asyncio.sleep(0.3 * i)
             while not stop.is_set():
-                results.append(await stream_chat(http, url, "tiny-a", 1500))
+                results.append(await stream_chat(http, url, "tiny-a", 1500 + 300 * i))
 
         async with aiohttp.ClientSession() as http:
-            busy = [asyncio.create_task(keep_a_busy(http)) for _ in range(3)]
+            busy = [asyncio.create_task(keep_a_busy(http, i)) for i in range(3)]
             await asyncio.sleep(1.0)
             started = time.monotonic()
             try:
@@ -152,6 +154,8 @@ async def test_a_second_model_waits_its_turn_instead_of_starving(
           f"gateway: B {via_b}, {len(via)} A streams")
     assert direct_b == "no answer within 20s"
     assert via_b.startswith("HTTP 200")
+    # max_hold (3 s) + the longest A stream still running (2,100 tokens, ~1.5 s) + the swap.
+    assert float(via_b.split()[-1].rstrip("s")) < 8
     assert via and all(status == 200 and done for status, _, done in via)
     gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
     assert gw["tiny-b"]["swaps"] >= 1 and gw["tiny-a"]["requests"].get("cut-off", 0) == 0

@@ -1,0 +1,77 @@
+"""The gateway's owner (fake clock, no sockets), request parsing and socket activation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from daemonkit import FakeClock, FakeProber, make_settings
+
+from supervisor.engines.llamaserver import LlamaServerEngine
+from supervisor.gateway import Arrived, Finished, GatewayOwner, Outcome, Ticket, model_of
+from supervisor.modelconfig import load_model_set
+from supervisor.sockets import inherited_fd
+
+
+def owner(tmp_path: Path, **gateway: Any) -> tuple[GatewayOwner, FakeClock, list[Any]]:
+    base = make_settings(tmp_path, gateway=True)
+    settings = base.model_copy(update={"gateway": base.gateway.model_copy(update=gateway)})
+    posted: list[Any] = []
+    clock = FakeClock()
+    gw = GatewayOwner(settings, LlamaServerEngine(), FakeProber(), posted.append, clock)
+    config = settings.server.model_config_file
+    config.write_text("- name: a\n  parameters:\n    model: tiny-a.gguf\n"
+                      "- name: b\n  parameters:\n    model: tiny-a.gguf\n")
+    gw.configure(load_model_set(config, settings.server.models_dir), {})
+    gw.serving_changed("t1", True, False)
+    return gw, clock, posted
+
+
+async def test_the_hold_ends_on_the_housekeeping_tick_after_max_hold(tmp_path: Path) -> None:
+    gw, clock, posted = owner(tmp_path, max_hold=3.0)
+    loop = asyncio.get_running_loop()
+    replies: dict[int, asyncio.Future[Ticket]] = {}
+
+    def arrive(rid: int, model: str) -> None:
+        replies[rid] = loop.create_future()
+        gw.on_arrived(Arrived(rid, model, clock(), replies[rid]))
+
+    arrive(1, "a")
+    arrive(2, "b")
+    clock.now += 1
+    arrive(3, "a")
+    assert replies[3].done()  # within the hold: admitted
+    clock.now += 2.5
+    gw.tick(clock())  # the daemon's housekeeping at the hold's end
+    arrive(4, "a")
+    assert not replies[4].done()  # the hold is over: a admits nothing new
+    gw.on_finished(Finished(1, Outcome.COMPLETED, 0.01))
+    gw.on_finished(Finished(3, Outcome.COMPLETED, 0.01))
+    assert gw.sched.unloading == ("a",)
+    assert [r for r in range(1, 5) if replies[r].done()] == [1, 3]
+
+
+def test_the_model_comes_from_json_multipart_or_query_and_only_for_inference() -> None:
+    assert model_of("POST", "/v1/chat/completions", {}, "application/json",
+                    b'{"model": "a", "messages": []}') == "a"
+    assert model_of("POST", "/v1/chat/completions", {}, "", b'{"model": "a"}') == "a"
+    form = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="x.wav"\r\n\r\n'
+            b'RIFF...\r\n--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+            b'whisper\r\n--XyZ--\r\n')
+    assert model_of("POST", "/v1/audio/transcriptions", {}, "multipart/form-data; boundary=XyZ",
+                    form) == "whisper"
+    assert model_of("POST", "/tts", {"model": "voice"}, "text/plain", b"hello") == "voice"
+    assert model_of("GET", "/v1/models", {"model": "a"}, "", b"") is None
+    assert model_of("POST", "/backend/shutdown", {}, "application/json",
+                    b'{"model": "a"}') is None
+    assert model_of("POST", "/v1/chat/completions", {}, "application/json", b"{bad") is None
+
+
+def test_the_inherited_socket_is_the_one_named_gateway_or_the_only_one() -> None:
+    env = {"LISTEN_PID": "42", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "control:gateway"}
+    assert inherited_fd(env, 42) == 4
+    assert inherited_fd({"LISTEN_PID": "42", "LISTEN_FDS": "1"}, 42) == 3
+    assert inherited_fd(env, 43) is None  # meant for another process
+    assert inherited_fd({}, 42) is None
+    assert inherited_fd({"LISTEN_PID": "42", "LISTEN_FDS": "2"}, 42) is None
