@@ -39,7 +39,15 @@ from .effects import (
     UnpauseDone,
 )
 from .engines import engine_for
-from .gateway import Arrived, DrainRequest, Finished, GatewayOwner, Left, UnloadDone
+from .gateway import (
+    Arrived,
+    DrainRequest,
+    Finished,
+    GatewayChanged,
+    GatewayOwner,
+    Left,
+    UnloadDone,
+)
 from .health import Prober, Probing
 from .models import ModelProbed, ModelRestarted, ModelRestored, ModelsOwner, Smoked
 from .notify import Notifier
@@ -149,7 +157,8 @@ class Daemon:
         self.journal = Journal(wall=wall)
         self.config = ConfigOwner(settings, engine, self.post, self._notices.append,
                                   self.journal, clock, wall)
-        self.gateway = (GatewayOwner(settings, engine, self._prober, self.post, clock)
+        self.gateway = (GatewayOwner(settings, engine, self._prober, self.post, clock,
+                                     notify=self._notices.append)
                         if settings.gateway.enabled else None)
         self._effects = EffectWorker(self._runtime, self._prober, self.post, clock,
                                      drain_poll=drain_poll,
@@ -204,6 +213,7 @@ class Daemon:
                 Left: self.gateway.on_left,
                 UnloadDone: self.gateway.on_unloaded,
                 DrainRequest: self.gateway.on_drain_request,
+                GatewayChanged: self._on_gateway_changed,
             })
 
     # -- messages --------------------------------------------------------------------------
@@ -263,6 +273,9 @@ class Daemon:
         self.models.serving_changed(msg.token, msg.serving)
         if self.gateway is not None:
             self.gateway.serving_changed(msg.token, msg.serving, msg.down)
+
+    def _on_gateway_changed(self, msg: GatewayChanged) -> None:
+        self.models.gateway_changed(msg.unloading, msg.busy)
 
     async def _gateway_drain(self, timeout: float) -> DrainResult:
         """For the effect worker: ask the gateway (through the loop) to drain; its answer."""

@@ -137,6 +137,15 @@ class UnloadDone:
 
 
 @dataclass(frozen=True)
+class GatewayChanged:
+    """For the models owner: models being unloaded for a swap, and whether any request is in
+    flight or waiting (the models owner then neither probes those models nor load-tests)."""
+
+    unloading: frozenset[str]
+    busy: bool
+
+
+@dataclass(frozen=True)
 class DrainRequest:
     """A planned stop wants every request through the gateway finished (bounded)."""
 
@@ -204,7 +213,8 @@ class GatewayOwner:
 
     def __init__(self, settings: Settings, engine: EngineAdapter, prober: Probing,
                  post: Callable[[Any], None], clock: Callable[[], float],
-                 observe: GatewayObserver | None = None) -> None:
+                 observe: GatewayObserver | None = None,
+                 notify: Callable[[Any], None] = lambda notice: None) -> None:
         self._settings = settings
         self._engine = engine
         self._prober = prober
@@ -219,6 +229,8 @@ class GatewayOwner:
         self._token: str | None = None
         self._drains: list[_Drain] = []
         self._tasks = TaskSet()
+        self._notify = notify
+        self._told = GatewayChanged(frozenset(), False)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -314,6 +326,11 @@ class GatewayOwner:
         now = self._clock()
         for action in self.sched.step(event, now):
             self._perform(action, now)
+        news = GatewayChanged(frozenset(self.sched.unloading),
+                              bool(self.sched.admitted or self.sched.waiting))
+        if news != self._told:
+            self._told = news
+            self._notify(news)
 
     def _perform(self, action: Action, now: float) -> None:
         if isinstance(action, Admit):

@@ -150,6 +150,11 @@ class ModelsOwner:
         self._load_tested: dict[str, str] = {}
         # A load test (or the restore after it) is under way: one swap at a time.
         self._swapping = False
+        # From the gateway: models it is unloading (never probed meanwhile: a request that
+        # reaches a llama-server child being stopped holds its exit up to its stop-timeout),
+        # and whether it has requests in flight or waiting (then no load test swaps a model).
+        self._gateway_unloading: frozenset[str] = frozenset()
+        self._gateway_busy = False
         self._tasks = TaskSet()
 
     # -- inputs from other owners --------------------------------------------------------
@@ -178,6 +183,9 @@ class ModelsOwner:
             self._samples.clear()
             self._own_work = 0.0
         self._token, self._serving = token, serving
+
+    def gateway_changed(self, unloading: frozenset[str], busy: bool) -> None:
+        self._gateway_unloading, self._gateway_busy = unloading, busy
 
     def on_seen(self, token: str, seen: ModelsSeen) -> None:
         if token != self._token:
@@ -210,8 +218,10 @@ class ModelsOwner:
             return
         token = self._token
         self._schedule_smoke(token, now)
-        idle = None if self._swapping else mh.idle_for(list(self._samples), now, PROBE_WORK)
-        health = {n: r.health for n, r in self._records.items() if not r.busy}
+        idle = None if self._swapping or self._gateway_busy else \
+            mh.idle_for(list(self._samples), now, PROBE_WORK)
+        health = {n: r.health for n, r in self._records.items()
+                  if not r.busy and n not in self._gateway_unloading}
         loaded = {n: r.load for n, r in self._records.items()}
         for probe in mh.due(health, loaded, idle, now, self._rules, self._load_tested):
             rec = self._records[probe.name]

@@ -29,7 +29,7 @@ def owner(tmp_path: Path, **gateway: Any) -> tuple[GatewayOwner, FakeClock, list
 
 
 async def test_the_hold_ends_on_the_housekeeping_tick_after_max_hold(tmp_path: Path) -> None:
-    gw, clock, posted = owner(tmp_path, max_hold=3.0)
+    gw, clock, _ = owner(tmp_path, max_hold=3.0)
     loop = asyncio.get_running_loop()
     replies: dict[int, asyncio.Future[Ticket]] = {}
 
