@@ -1,5 +1,6 @@
-"""Read-only HTTP status API (loopback by default): ``GET /status``, ``GET /healthz`` and
-``GET /openapi.json`` (the document that describes both)."""
+"""Read-only HTTP status API (loopback by default): ``GET /status``, ``GET /healthz``,
+``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (the document that describes the
+JSON ones)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .daemon import Daemon
+from .metrics import exposition
 from .settings import split_host_port
 from .status import OPENAPI_FILE
 
@@ -23,6 +26,10 @@ def _app(daemon: Daemon) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=exposition(daemon.metrics),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def openapi(request: web.Request) -> web.FileResponse:
         return web.FileResponse(OPENAPI_FILE, headers={"Content-Type": "application/json"})
 
@@ -30,6 +37,7 @@ def _app(daemon: Daemon) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

@@ -61,7 +61,9 @@ def daemon_main(argv: list[str] | None = None) -> None:
     demo.add_argument("--dir", type=Path, default=None,
                       help="where the demo keeps models, config and state "
                       "(default ~/.local/state/localai-supervisor-demo)")
-    demo.add_argument("--port", type=int, default=40080, help="server port (default 40080)")
+    demo.add_argument("--port", type=int, default=40080,
+                      help="public port: the gateway; the server sits behind it on a free "
+                      "loopback port (default 40080)")
     demo.add_argument("--status-port", type=int, default=40081,
                       help="status API port (default 40081)")
     demo.add_argument("--once", action="store_true",

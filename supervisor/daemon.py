@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .configuration import ConfigApplied, ConfigOwner, Validated, check
@@ -49,6 +50,7 @@ from .gateway import (
     UnloadDone,
 )
 from .health import Prober, Probing
+from .metrics import GatewayGauges, GatewayMetrics
 from .models import ModelProbed, ModelRestarted, ModelRestored, ModelsOwner, Smoked
 from .notify import Notifier
 from .policy import Escalate, Restart, Start, Stop
@@ -157,9 +159,14 @@ class Daemon:
         self.journal = Journal(wall=wall)
         self.config = ConfigOwner(settings, engine, self.post, self._notices.append,
                                   self.journal, clock, wall)
+        # /metrics: the gateway's series (more join them as they are added).
+        self.metrics = CollectorRegistry(auto_describe=True)
         self.gateway = (GatewayOwner(settings, engine, self._prober, self.post, clock,
+                                     observe=GatewayMetrics(self.metrics),
                                      notify=self._notices.append)
                         if settings.gateway.enabled else None)
+        if self.gateway is not None:
+            self.metrics.register(GatewayGauges(self.gateway.snapshot))
         self._effects = EffectWorker(self._runtime, self._prober, self.post, clock,
                                      drain_poll=drain_poll,
                                      drainer=self._gateway_drain if self.gateway else None)
@@ -171,6 +178,7 @@ class Daemon:
                                   self._notices.append, self.journal, clock, rand)
         self._exit: int | None = None
         self._shutdown: _Shutdown | None = None
+        self._stopping_hooks: list[Callable[[], None]] = []
         self._status_line = ""
         self._tasks = TaskSet()
         self._watcher: Watcher | None = None
@@ -352,9 +360,15 @@ class Daemon:
         on_stop = self.settings.supervisor.on_stop
         log.info("supervisor.stopping", signal=name, on_stop=on_stop.value)
         self._notifier.stopping()
+        for hook in self._stopping_hooks:
+            hook()
         budget = (self.settings.health.drain_timeout + self.settings.server.stop_timeout
                   + SHUTDOWN_MARGIN_SECONDS)
         self._shutdown = _Shutdown(name, self._clock() + budget)
+
+    def on_stopping(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` (it must not block) as soon as a stop signal arrives."""
+        self._stopping_hooks.append(hook)
 
     def reload_from_signal(self) -> None:
         self._notifier.reloading()

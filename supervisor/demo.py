@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from .policy import State
 from .render import render_status
 from .settings import (
     Engine,
+    GatewaySection,
     HealthSection,
     LogFormat,
     RuntimeKind,
@@ -37,6 +39,13 @@ CONFIG_TEMPLATE = """\
 # Written by `localai-supervisor demo`. Edit it while the demo runs: the supervisor
 # validates the change and restarts the server only if the result is valid and different.
 """
+
+
+def _free_port() -> int:
+    """A loopback port the kernel says is free now (for the server behind the gateway)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def prepare(base: Path, port: int, status_port: int) -> Settings:
@@ -78,6 +87,8 @@ def prepare(base: Path, port: int, status_port: int) -> Settings:
             startup_timeout=120,
         ),
         health=HealthSection(interval=2.0, timeout=5.0),
+        # Clients use the gateway on the demo's port; the server sits behind it on loopback.
+        gateway=GatewaySection(listen=f"127.0.0.1:{port}", upstream_port=_free_port()),
     )
 
 
@@ -105,7 +116,7 @@ async def _main(settings: Settings, once: bool) -> int:
             await runner
             return 1
         await asyncio.sleep(0.2)
-    url = settings.probe_base_url
+    url = f"http://{settings.gateway.listen}"
     print("\n=== supervisorctl status ===", flush=True)
     print(render_status(status, tty=True), flush=True)
     for model in DEMO_MODELS:
@@ -113,7 +124,8 @@ async def _main(settings: Settings, once: bool) -> int:
         reply = await _chat(url, model)
         print(f"\n=== chat completion from {model} ({time.monotonic() - started:.2f}s; random "
               f"weights, so the text is gibberish) ===\n{reply!r}", flush=True)
-    print(f"\nThe server answers at {url}/v1/chat/completions; status at "
+    print(f"\nThe gateway answers at {url}/v1/chat/completions (the server behind it: "
+          f"{settings.probe_base_url}); status at "
           f"http://{settings.supervisor.status_api}/status; control socket "
           f"{settings.supervisor.control_socket} (supervisorctl -s … status).", flush=True)
     if once:

@@ -18,7 +18,7 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -514,6 +514,9 @@ class Proxy:
         self._clock = clock
         self._ids = itertools.count(1)
         self._http: aiohttp.ClientSession | None = None
+        # Set when the daemon stops: answers tell clients not to reuse the connection, so
+        # their next request opens a new one (queued for the next daemon under a .socket).
+        self.closing = False
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -563,8 +566,11 @@ class Proxy:
     def _refusal(self, ticket: Ticket, model: str | None) -> web.Response:
         assert ticket.refusal is not None
         why = ticket.refusal
-        return web.json_response(error_body(why, model, ticket.waited), status=why.status,
+        resp = web.json_response(error_body(why, model, ticket.waited), status=why.status,
                                  headers={"Retry-After": str(RETRY_AFTER[why])})
+        if self.closing:
+            resp.force_close()
+        return resp
 
     async def _forward(self, rid: int, request: web.Request, body: bytes
                        ) -> tuple[Outcome | None, web.StreamResponse | None]:
@@ -611,6 +617,8 @@ class Proxy:
         for k, v in up.headers.items():
             if k.lower() not in _HOP_BY_HOP:
                 resp.headers.add(k, v)
+        if self.closing:
+            resp.force_close()
         if up.content_length is not None:
             resp.content_length = up.content_length
         sse = up.headers.get("Content-Type", "").startswith("text/event-stream")
@@ -653,8 +661,34 @@ class Proxy:
 # ---- listening ---------------------------------------------------------------------------------
 
 
+class GatewayListener:
+    """The listening side. Stopping is staged: stop accepting at once (under socket activation
+    new connections then wait in the kernel's backlog for the next daemon), close idle
+    keep-alive connections, answer the requests in progress with ``Connection: close``, and
+    close the upstream session only after they are done."""
+
+    def __init__(self, runner: web.AppRunner, proxy: Proxy) -> None:
+        self._runner = runner
+        self._proxy = proxy
+        self._closing: asyncio.Future[None] | None = None
+
+    def stop_accepting(self) -> None:
+        self._proxy.closing = True
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        assert self._closing is not None
+        await self._closing
+
+    async def _close(self) -> None:
+        await self._runner.cleanup()
+        await self._proxy.close()
+
+
 async def start_gateway(settings: Settings, proxy: Proxy, sock: socket.socket | None
-                        ) -> Callable[[], Awaitable[None]]:
+                        ) -> GatewayListener:
     """Listen on the inherited socket (systemd socket activation) or on ``gateway.listen``."""
     runner = web.AppRunner(proxy.app(), access_log=None, handler_cancellation=True,
                            shutdown_timeout=settings.health.drain_timeout)
@@ -668,9 +702,4 @@ async def start_gateway(settings: Settings, proxy: Proxy, sock: socket.socket | 
         where = settings.gateway.listen
     await site.start()
     log.info("gateway.listening", address=where, upstream=settings.probe_base_url)
-
-    async def close() -> None:
-        await runner.cleanup()
-        await proxy.close()
-
-    return close
+    return GatewayListener(runner, proxy)

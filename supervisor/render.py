@@ -34,6 +34,10 @@ def render_status(st: Status, tty: bool) -> str:
         ("restarts", str(st.restarts)),
         ("config", f"{cfg.file} revision {cfg.revision or '-'}"),
     ]
+    gw = st.gateway
+    if gw is not None:
+        rows.append(("gateway", f"{gw.listen} -> {gw.upstream} ({gw.phase.value}"
+                     + (f"; unloading {', '.join(gw.unloading)}" if gw.unloading else "") + ")"))
     if st.retry_in_seconds is not None:
         rows.append(("retry in", fmt_seconds(st.retry_in_seconds)))
     if st.recent_failures:
@@ -49,13 +53,27 @@ def render_status(st: Status, tty: bool) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{key:<{width}}  {value}" if tty else f"{key}{sep}{value}" for key, value in rows]
     if st.models:
-        table = [("MODEL", "FILE", "LISTED", "STATE")] + [
-            (m.name, m.file or "-", "yes" if m.listed else "no",
-             m.state.value if m.state else "-") for m in st.models
-        ]
-        widths = [max(len(r[i]) for r in table) for i in range(4)]
-        lines.append("")
-        for r in table:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                         if tty else sep.join(r))
+        models = [(m.name, m.file or "-", "yes" if m.listed else "no",
+                   m.state.value if m.state else "-") for m in st.models]
+        lines += ["", *_table([("MODEL", "FILE", "LISTED", "STATE"), *models], tty)]
+    if gw is not None and gw.models:
+        refusals = ("queue-full", "queue-timeout", "server-unavailable", "server-down")
+        per_model = [
+            (m.model, "yes" if m.resident else "no", str(m.in_flight), str(m.queued),
+             str(m.requests.get("completed", 0)), str(m.requests.get("cut-off", 0)),
+             str(m.requests.get("client-gone", 0)),
+             str(sum(m.requests.get(r, 0) for r in refusals)), str(m.swaps), str(m.held),
+             fmt_seconds(m.max_wait_seconds)) for m in gw.models]
+        head = ("GATEWAY", "RESIDENT", "IN-FLIGHT", "QUEUED", "DONE", "CUT", "GONE", "REFUSED",
+                "SWAPS", "HELD", "MAX-WAIT")
+        lines += ["", *_table([head, *per_model], tty)]
     return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]], tty: bool) -> list[str]:
+    """Aligned columns on a terminal, tab-separated otherwise."""
+    if not tty:
+        return ["\t".join(r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]

@@ -19,9 +19,11 @@ async def start_surfaces(daemon: Daemon) -> Callable[[], Awaitable[None]]:
     if sup.status_api:
         closers.append(await start_api(daemon, sup.status_api))
     if daemon.gateway is not None:
-        # Last opened, first closed: it stops taking requests before anything else goes.
-        closers.append(await start_gateway(daemon.settings, Proxy(daemon.settings, daemon.post),
-                                           take_gateway_socket()))
+        listener = await start_gateway(daemon.settings, Proxy(daemon.settings, daemon.post),
+                                       take_gateway_socket())
+        # On SIGTERM it stops accepting first, while in-flight requests drain.
+        daemon.on_stopping(listener.stop_accepting)
+        closers.append(listener.close)
 
     async def close() -> None:
         for c in reversed(closers):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,12 +123,22 @@ class Supervised:
         tmp.write_text(header + "".join(model_entry(n, f) for n, f in models.items()))
         tmp.replace(self.config_file)
 
-    def start(self) -> Supervised:
+    def start(self, listen_socket: socket.socket | None = None) -> Supervised:
+        """Start the daemon; with ``listen_socket``, hand it over as systemd does for a
+        socket unit (as fd 3, LISTEN_FDS=1, LISTEN_PID = the daemon's own pid)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALAI_SUPERVISOR_")}
+        argv = [str(BIN / "localai-supervisor"), "--config", str(self.settings_file)]
+        fds: tuple[int, ...] = ()
+        if listen_socket is not None:
+            fds = (listen_socket.fileno(),)
+            env["GATEWAY_FD"] = str(fds[0])
+            # The shell's pid is the daemon's after exec: what systemd puts in LISTEN_PID.
+            argv = ["sh", "-c", 'exec 3<&"$GATEWAY_FD"; export LISTEN_PID=$$ LISTEN_FDS=1 '
+                    'LISTEN_FDNAMES=gateway; exec "$@"', "sh", *argv]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "localai-supervisor"), "--config", str(self.settings_file)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                pass_fds=fds,
             )
         return self
 

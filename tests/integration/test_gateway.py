@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from supervised import Supervised
 
 from supervisor.tinygguf import write_tiny_llama
@@ -112,6 +114,23 @@ async def test_requests_pass_through_unchanged(gateway_sup: Callable[..., Superv
     status = sup.status()["gateway"]
     a = next(m for m in status["models"] if m["model"] == "tiny-a")
     assert a["requests"]["completed"] == 2 and a["completion_tokens"] >= 4
+    # The same counts in /metrics (Prometheus text, parsed by its own parser) and the CLI.
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{sup.status_port}/metrics") as resp:
+        text = await resp.text()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    prefix = "localai_supervisor_gateway"
+    assert samples[(f"{prefix}_requests_total",
+                    (("model", "tiny-a"), ("outcome", "completed")))] == 2
+    assert samples[(f"{prefix}_in_flight", (("model", "tiny-a"),))] == 0
+    assert samples[(f"{prefix}_resident", (("model", "tiny-a"),))] == 1
+    assert samples[(f"{prefix}_time_to_first_byte_seconds_count", (("model", "tiny-a"),))] == 2
+    assert samples[(f"{prefix}_tokens_total", (("kind", "completion"), ("model", "tiny-a")))] \
+        == a["completion_tokens"]
+    out = (await asyncio.to_thread(sup.ctl, "status")).stdout
+    row = next(line.split("\t") for line in out.splitlines() if line.startswith("tiny-a\tyes"))
+    assert row[4] == "2", out  # DONE
 
 
 async def test_a_second_model_waits_its_turn_instead_of_starving(
@@ -282,3 +301,50 @@ def test_requests_naming_no_model_are_not_scheduled(
     gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
     assert gw["-"]["requests"] == {"completed": 1} and gw["tiny-a"]["swaps"] == 0
     assert json.dumps(gw)  # the status is plain JSON
+
+
+async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation(
+        make_process_supervised: Callable[..., Supervised], long_models: Path) -> None:
+    """The listening socket belongs to whoever started the daemon (systemd's .socket unit;
+    here the test, handing it over the same way). While the supervisor restarts, clients'
+    connections wait in the kernel's backlog and are answered by the next daemon."""
+    sup = make_process_supervised({}, models_dir=long_models, gateway={"enabled": True})
+    long_config(sup)
+    listener = socket.create_server(("127.0.0.1", sup.gateway_port), backlog=128)
+    try:
+        sup.start(listener)
+        sup.wait_for(lambda s: s["state"] == "RUNNING", 60, "RUNNING")
+        assert "gateway.socket_inherited" in sup.logs(200)
+        statuses: list[int | str] = []
+        stop = asyncio.Event()
+
+        async def client(http: aiohttp.ClientSession) -> None:
+            while not stop.is_set():
+                try:
+                    async with http.post(sup.gateway_url + "/v1/chat/completions",
+                                         json=chat_body("tiny-a", 4)) as resp:
+                        await resp.read()
+                        statuses.append(resp.status)
+                except aiohttp.ClientError as exc:
+                    statuses.append(type(exc).__name__)
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            clients = [asyncio.create_task(client(http)) for _ in range(3)]
+            await asyncio.sleep(1.0)
+            before = len(statuses)
+            assert await asyncio.to_thread(sup.stop) == 0  # the server stops with it
+            sup.start(listener)
+            await asyncio.to_thread(sup.wait_for, lambda s: s["state"] == "RUNNING", 60,
+                                    "RUNNING again")
+            await asyncio.sleep(1.0)
+            stop.set()
+            await asyncio.gather(*clients)
+        refused = [s for s in statuses if s != 200]
+        print(f"{len(statuses)} requests ({before} before the restart), not answered 200: "
+              f"{refused}")
+        assert len(statuses) > before + 3
+        # Requests in flight when the first daemon stopped were drained; new connections
+        # waited in the backlog for the second one.
+        assert not refused
+    finally:
+        listener.close()

@@ -65,8 +65,8 @@ def test_example_model_config_has_the_three_models() -> None:
     assert all(e.parameters.model and e.parameters.model.endswith(".gguf") for e in entries)
 
 
-def _unit_setting(name: str) -> str:
-    unit = (REPO / "systemd" / "localai-supervisor.service").read_text()
+def _unit_setting(name: str, unit_file: str = "localai-supervisor.service") -> str:
+    unit = (REPO / "systemd" / unit_file).read_text()
     match = re.search(rf"^{name}=(.*)$", unit, flags=re.M)
     assert match, f"{name} missing from the unit"
     return match.group(1).strip()
@@ -81,3 +81,13 @@ def test_the_supervisors_own_stop_fits_inside_the_units_stop_timeout() -> None:
     timeout = float(_unit_setting("TimeoutStopSec"))
     # systemd SIGKILLs what is left at TimeoutStopSec: the supervisor must be done first.
     assert worst + 5 <= timeout, (worst, timeout)
+
+
+def test_the_socket_unit_passes_the_gateway_port_under_the_name_the_daemon_looks_for() -> None:
+    from supervisor.settings import split_host_port
+    from supervisor.sockets import GATEWAY_FD_NAME
+
+    assert _unit_setting("FileDescriptorName", "localai-supervisor.socket") == GATEWAY_FD_NAME
+    port = split_host_port(Settings().gateway.listen)[1]
+    assert _unit_setting("ListenStream", "localai-supervisor.socket") == str(port)
+    assert _unit_setting("Service", "localai-supervisor.socket") == "localai-supervisor.service"
