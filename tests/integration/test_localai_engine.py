@@ -102,3 +102,57 @@ def test_localai_model_probes_and_output_smoke_check(fake_localai: Path, tiny_mo
         assert "smoke.warning" in sup.logs(200)
     finally:
         sup.close()
+
+
+async def test_two_models_at_once_fail_directly_and_queue_through_the_gateway(
+        fake_localai: Path, tiny_models: Path, tmp_path: Path) -> None:
+    """The seed's failure, on the FAKE LocalAI (its v3.10+ eviction, see tests/fakes/local-ai):
+    asked for B while A is busy, LocalAI loads B next to A and fails with "rpc error: code =
+    Canceled". Through the gateway B waits for A to finish, A is unloaded explicitly
+    (POST /backend/shutdown) and B's answer is a real one."""
+    import asyncio
+
+    import aiohttp
+
+    calls = tmp_path / "calls.jsonl"
+    sup = Supervised.create(
+        tmp_path / "sup", tiny_models, {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"},
+        server={"runtime": "process", "engine": "localai"},
+        process={"binary": str(fake_localai)},
+        localai={"environment": {"FAKE_LOCALAI_PRELOAD_SECONDS": "0.2",
+                                 "FAKE_LOCALAI_REPLY_SECONDS": "1.5",
+                                 "FAKE_LOCALAI_LRU_WAIT": "0.5",
+                                 "FAKE_LOCALAI_CALLS_OUT": str(calls)}},
+        gateway={"enabled": True},
+        health={"model_probes": False},
+    )
+    try:
+        sup.start()
+        sup.wait_running()
+
+        async def both(url: str) -> list[tuple[int, str]]:
+            async with aiohttp.ClientSession() as http:
+                async def ask(model: str, delay: float) -> tuple[int, str]:
+                    await asyncio.sleep(delay)
+                    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+                    async with http.post(url + "/v1/chat/completions", json=body) as resp:
+                        return resp.status, await resp.text()
+                return list(await asyncio.gather(ask("tiny-a", 0), ask("tiny-b", 0.2)))
+
+        direct = await both(sup.server_url)
+        await asyncio.sleep(2)  # let the direct run's A finish
+        calls.write_text("")
+        via = await both(sup.gateway_url)
+        print(f"direct: {[c for c, _ in direct]}, gateway: {[c for c, _ in via]}")
+        assert direct[0][0] == 200 and direct[1][0] == 500
+        assert "rpc error: code = Canceled" in direct[1][1]
+        assert [code for code, _ in via] == [200, 200]
+        log = [json.loads(line) for line in calls.read_text().splitlines()]
+        order = [(c["path"], c["model"], c["outcome"]) for c in log]
+        assert order == [("/v1/chat/completions", "tiny-a", "started"),
+                         ("/v1/chat/completions", "tiny-a", "done"),
+                         ("/backend/shutdown", "tiny-a", "asked"),
+                         ("/v1/chat/completions", "tiny-b", "started"),
+                         ("/v1/chat/completions", "tiny-b", "done")], order
+    finally:
+        sup.close()
