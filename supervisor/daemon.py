@@ -85,6 +85,10 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
+# After the gateway's per-request messages, housekeeping runs at most this often.
+HOT_HOUSEKEEPING_SECONDS = 0.05
+_HOT_MESSAGES = frozenset({Arrived, Finished, Left})
+
 # Settings a reload cannot change: they name the running server or the daemon's own sockets.
 _FIXED_SECTIONS = ("supervisor", "process")
 
@@ -179,6 +183,7 @@ class Daemon:
         self._exit: int | None = None
         self._shutdown: _Shutdown | None = None
         self._stopping_hooks: list[Callable[[], None]] = []
+        self._housekeeping_due = 0.0
         self._status_line = ""
         self._tasks = TaskSet()
         self._watcher: Watcher | None = None
@@ -231,8 +236,13 @@ class Daemon:
         self._inbox.put_nowait(message)
 
     def handle(self, message: object) -> None:
-        """Apply one message, then the housekeeping that follows every change."""
+        """Apply one message, then the housekeeping that follows every change. The gateway's
+        per-request messages come thousands a second under load and change nothing the
+        housekeeping looks at: after those it runs at most every HOT_HOUSEKEEPING_SECONDS."""
         self._handlers[type(message)](message)
+        if type(message) in _HOT_MESSAGES and self._clock() < self._housekeeping_due:
+            self._deliver_notices()
+            return
         self.housekeeping()
 
     def _deliver_notices(self) -> None:
@@ -245,6 +255,7 @@ class Daemon:
         message and whenever the loop wakes for a deadline."""
         self._deliver_notices()
         now = self._clock()
+        self._housekeeping_due = now + HOT_HOUSEKEEPING_SECONDS
         self._notifier.watchdog(now)
         if self.config.recheck_due(now):
             self.config.request("re-check of files being written")

@@ -121,6 +121,8 @@ class Finished:
     ttfb: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # False for an attempt that never reached the server and is queued again: not an outcome.
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ class GatewayOwner:
 
     def on_finished(self, msg: Finished) -> None:
         admitted = self._admitted.pop(msg.rid, None)
-        if admitted is not None:
+        if admitted is not None and msg.counted:
             model, at, swap_began = admitted
             label = model or NO_MODEL
             counts = self._counts.setdefault(label, _ModelCounts())
@@ -276,6 +278,10 @@ class GatewayOwner:
                 log.warning("gateway.cut_off", model=label,
                             cause="the server closed the stream mid-answer",
                             action="ended the client's stream with an error event")
+            elif msg.outcome is Outcome.UPSTREAM_FAILED:
+                log.warning("gateway.upstream_failed", model=label,
+                            cause="the server closed the connection before answering",
+                            action="answered 502")
         self._step(Finish(msg.rid))
 
     def on_left(self, msg: Left) -> None:
@@ -549,6 +555,8 @@ class Proxy:
             if resp is not None:
                 return resp
             if outcome is None:  # connect refused: the server just died; wait our turn again
+                log.info("gateway.requeued", model=(model or NO_MODEL)[:100], cause="connection to the server "
+                         "refused (it just stopped?)", action="waiting for it again, in place")
                 await asyncio.sleep(REQUEUE_PAUSE)
                 continue
             raise AssertionError("unreachable")
@@ -594,7 +602,7 @@ class Proxy:
                 ttfb = self._clock() - started
                 resp, outcome, usage = await self._relay(request, up)
         except aiohttp.ClientConnectorError:
-            self._post(Finished(rid, Outcome.UPSTREAM_FAILED))
+            self._post(Finished(rid, Outcome.UPSTREAM_FAILED, counted=False))
             return None, None
         except asyncio.CancelledError:
             self._post(Finished(rid, Outcome.CLIENT_GONE, ttfb))
@@ -649,7 +657,8 @@ class Proxy:
         except ConnectionError:  # the client went away: close upstream so the slot is freed
             up.close()
             return resp, Outcome.CLIENT_GONE, (None, None)
-        await resp.write_eof()
+        with contextlib.suppress(ConnectionError):  # all of it was sent: a client that left
+            await resp.write_eof()                  # before the last empty chunk got it all
         if sse:
             return resp, Outcome.COMPLETED, _stream_usage(tail)
         if keep and kept:
