@@ -361,7 +361,7 @@ async def run(args: argparse.Namespace) -> int:
     models.mkdir()
     for name, seed in (("tiny-a", 1), ("tiny-b", 2)):
         write_tiny_llama(models / f"{name}.gguf", seed=seed, name=name, context_length=CTX)
-    time.sleep(3.1)  # older than settle_seconds: the supervisor starts at once
+    await asyncio.sleep(3.1)  # older than settle_seconds: the supervisor starts at once
     sup = Supervised.create(
         base / "sup", models, {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"},
         server={"runtime": "process", "threads": max(1, (os.cpu_count() or 2) // 2)},

@@ -555,8 +555,9 @@ class Proxy:
             if resp is not None:
                 return resp
             if outcome is None:  # connect refused: the server just died; wait our turn again
-                log.info("gateway.requeued", model=(model or NO_MODEL)[:100], cause="connection to the server "
-                         "refused (it just stopped?)", action="waiting for it again, in place")
+                log.info("gateway.requeued", model=(model or NO_MODEL)[:100],
+                         cause="connection to the server refused (it just stopped?)",
+                         action="waiting for it again, in place")
                 await asyncio.sleep(REQUEUE_PAUSE)
                 continue
             raise AssertionError("unreachable")
