@@ -28,9 +28,11 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from . import gpumem
 from .effects import DrainResult
 from .engines import EngineAdapter
 from .ggufinfo import GGUFInfo
+from .gpumem import FreedWait
 from .health import Probing
 from .lint import footprint_bytes, slots_for
 from .modelconfig import ModelSet
@@ -136,6 +138,8 @@ class UnloadDone:
     models: tuple[str, ...]
     seconds: float
     error: str | None = None
+    # The wait for NVML to show the memory free (None: no NVML, nothing waited for).
+    freed: FreedWait | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,8 @@ class GatewayOwner:
     def __init__(self, settings: Settings, engine: EngineAdapter, prober: Probing,
                  post: Callable[[Any], None], clock: Callable[[], float],
                  observe: GatewayObserver | None = None,
-                 notify: Callable[[Any], None] = lambda notice: None) -> None:
+                 notify: Callable[[Any], None] = lambda notice: None,
+                 gpu_used: Callable[[], int | None] = gpumem.used_bytes) -> None:
         self._settings = settings
         self._engine = engine
         self._prober = prober
@@ -233,6 +238,7 @@ class GatewayOwner:
         self._tasks = TaskSet()
         self._notify = notify
         self._told = GatewayChanged(frozenset(), False)
+        self._gpu_used = gpu_used
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -301,6 +307,16 @@ class GatewayOwner:
                         action="swapping anyway: the engine unloads by itself")
         else:
             log.info("gateway.unloaded", models=list(msg.models), seconds=round(msg.seconds, 3))
+        freed = msg.freed
+        if freed is not None and freed.freed is not None:
+            if freed.reached:
+                log.info("gateway.gpu_memory_freed", models=list(msg.models),
+                         freed_mib=freed.freed >> 20, seconds=round(freed.seconds, 3))
+            else:
+                log.warning("gateway.gpu_memory_not_freed", models=list(msg.models),
+                            freed_mib=freed.freed >> 20, seconds=round(freed.seconds, 3),
+                            cause="NVML still shows most of the unloaded model's memory used",
+                            action="letting the next model in anyway")
         self._step(Unloaded(msg.epoch))
 
     def on_drain_request(self, msg: DrainRequest) -> None:
@@ -370,7 +386,9 @@ class GatewayOwner:
             self._counts.setdefault(action.for_model, _ModelCounts()).swaps += 1
             self._observe.swap(action.for_model)
             log.info("gateway.swap", unload=list(action.models), load=action.for_model)
-            self._tasks.spawn(self._unload(action))
+            expected = sum(self.sched.rules.models[m].footprint or 0
+                           for m in action.models if m in self.sched.rules.models)
+            self._tasks.spawn(self._unload(action, expected))
         elif isinstance(action, Drained):
             for d in self._drains:
                 if not d.reply.done():
@@ -378,8 +396,10 @@ class GatewayOwner:
                                                    seconds=now - d.started))
             self._drains.clear()
 
-    async def _unload(self, action: Unload) -> None:
+    async def _unload(self, action: Unload, expected: int) -> None:
+        """Unload, then wait (bounded) until the GPU shows the memory free."""
         started = self._clock()
+        before = await asyncio.to_thread(self._gpu_used)
         errors = []
         for model in action.models:
             status, text = await self._prober.call(self._engine.unload_call(model),
@@ -387,8 +407,11 @@ class GatewayOwner:
             # Not loaded (400/404, or 500 before LocalAI v4.8.0) is as good as unloaded.
             if status not in (200, 400, 404, 500):
                 errors.append(f"{model}: HTTP {status}: {text[:200]}")
-        self._post(UnloadDone(action.epoch, action.models, self._clock() - started,
-                              "; ".join(errors) or None))
+        seconds = self._clock() - started
+        freed = await gpumem.wait_freed(lambda: asyncio.to_thread(self._gpu_used), before,
+                                        expected, self._clock)
+        self._post(UnloadDone(action.epoch, action.models, seconds, "; ".join(errors) or None,
+                              freed))
 
     async def close(self) -> None:
         await self._tasks.close()

@@ -349,3 +349,57 @@ async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation
         assert not refused
     finally:
         listener.close()
+
+
+async def test_several_resident_models_fit_the_memory_budget_evicting_the_least_recent(
+        make_process_supervised: Callable[..., Supervised], tmp_path: Path) -> None:
+    """Single active backend off, a memory budget for two of three models: the third model
+    is admitted only after the least recently used idle one is unloaded (/models/unload)."""
+    from supervisor.gateway import rules_from
+    from supervisor.ggufinfo import inspect_gguf
+    from supervisor.modelconfig import load_model_set
+    from supervisor.settings import load_settings
+
+    models = tmp_path / "three"
+    models.mkdir()
+    for i, name in enumerate(("tiny-a", "tiny-b", "tiny-c")):
+        write_tiny_llama(models / f"{name}.gguf", seed=i + 1, name=name, context_length=2048)
+    sup = make_process_supervised({n: f"{n}.gguf" for n in ("tiny-a", "tiny-b", "tiny-c")},
+                                  models_dir=models, gateway={"enabled": True},
+                                  llama_server={"models_max": 3})
+    # The budget: room for two of them, by the gateway's own estimate.
+    settings = load_settings(sup.settings_file)
+    model_set = load_model_set(sup.config_file, models)
+    ggufs = {n: inspect_gguf(models / f"{n}.gguf") for n in model_set.names}
+    footprint = rules_from(settings, model_set, ggufs).models["tiny-a"].footprint
+    assert footprint
+    budget_gb = 2.5 * footprint / 1024**3
+    sup = make_process_supervised({n: f"{n}.gguf" for n in ("tiny-a", "tiny-b", "tiny-c")},
+                                  models_dir=models, gateway={"enabled": True},
+                                  llama_server={"models_max": 3},
+                                  server={"single_active_backend": False,
+                                          "gpu_memory_gb": budget_gb})
+    sup.start()
+    sup.wait_for(lambda s: s["state"] == "RUNNING", 60, "RUNNING")
+
+    async def loaded(http: aiohttp.ClientSession) -> set[str]:
+        async with http.get(sup.server_url + "/models") as resp:
+            data = (await resp.json())["data"]
+        return {m["id"] for m in data if m["status"]["value"] == "loaded"}
+
+    async with aiohttp.ClientSession() as http:
+        for model in ("tiny-a", "tiny-b"):
+            async with http.post(sup.gateway_url + "/v1/chat/completions",
+                                 json=chat_body(model)) as resp:
+                assert resp.status == 200
+        assert await loaded(http) == {"tiny-a", "tiny-b"}
+        async with http.post(sup.gateway_url + "/v1/chat/completions",
+                             json=chat_body("tiny-c")) as resp:
+            assert resp.status == 200
+        deadline = time.monotonic() + 15
+        while (now := await loaded(http)) != {"tiny-b", "tiny-c"}:
+            assert time.monotonic() < deadline, now
+            await asyncio.sleep(0.2)
+    gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
+    assert [gw[m]["resident"] for m in ("tiny-a", "tiny-b", "tiny-c")] == [False, True, True]
+    assert gw["tiny-c"]["swaps"] == 1 and "gateway.swap" in sup.logs(300)
