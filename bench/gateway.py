@@ -69,20 +69,21 @@ async def stream(http: aiohttp.ClientSession, url: str, model: str, tokens: int
     """('done' | 'cut' | 'failed', seconds to the first data event)."""
     started = time.perf_counter()
     first = None
+    outcome = "cut"
     try:
         async with http.post(url + "/v1/chat/completions", json=body(model, tokens, True)) as r:
             if r.status != 200:
                 await r.read()
                 return "failed", None
-            async for line in r.content:
+            async for line in r.content:  # to the end, as a client that got all of it
                 if line.startswith(b"data: [DONE]"):
-                    return "done", first
-                if line.startswith(b"data:"):
+                    outcome = "done"
+                elif line.startswith(b"data:"):
                     if first is None:
                         first = time.perf_counter() - started
                     if b'"error"' in line:
-                        return "cut", first
-            return "cut", first
+                        outcome = "cut"
+            return outcome, first
     except (aiohttp.ClientError, TimeoutError):
         return "cut" if first is not None else "failed", first
 

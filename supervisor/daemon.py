@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from . import __version__
+from . import __version__, gpumem
 from .configuration import ConfigApplied, ConfigOwner, Validated, check
 from .effects import (
     DRAIN_POLL_SECONDS,
@@ -480,6 +480,8 @@ class Daemon:
                  engine=str(self._engine.kind), runtime=str(self.settings.server.runtime),
                  revision=self.config.models.revision if self.config.models else None,
                  spec=self.config.spec.digest() if self.config.spec else None)
+        if self.gateway is not None:
+            self.gateway.set_gpu_total(await asyncio.to_thread(gpumem.total_bytes))
         await self._runtime.open(self.post)
         self._tasks.spawn(self._effects.run())
         self.housekeeping()  # act on the boot's outcome (start or adopt) at once

@@ -163,7 +163,9 @@ class DrainRequest:
 
 
 def rules_from(settings: Settings, models: ModelSet | None,
-               ggufs: Mapping[str, GGUFInfo]) -> Rules:
+               ggufs: Mapping[str, GGUFInfo], gpu_total: int | None = None) -> Rules:
+    """The scheduler's rules; the memory budget is ``server.gpu_memory_gb``, else what NVML
+    says the GPUs have (``gpu_total``), else none."""
     g = settings.gateway
     srv = settings.server
     limits: dict[str, ModelLimits] = {}
@@ -181,7 +183,7 @@ def rules_from(settings: Settings, models: ModelSet | None,
             else None
         if srv.engine.value == "llama-server" and max_resident is None:
             max_resident = 4  # llama-server's own --models-max default
-    budget = int(srv.gpu_memory_gb * 1024**3) if srv.gpu_memory_gb else None
+    budget = int(srv.gpu_memory_gb * 1024**3) if srv.gpu_memory_gb else gpu_total
     return Rules(models=limits, max_resident=max_resident, memory_budget=budget,
                  queue_max=g.queue_max, queue_timeout=g.queue_timeout, max_hold=g.max_hold)
 
@@ -230,6 +232,7 @@ class GatewayOwner:
         self._observe = observe or GatewayObserver()
         self.sched = Scheduler(rules_from(settings, None, {}))
         self._models: tuple[ModelSet | None, Mapping[str, GGUFInfo]] = (None, {})
+        self._gpu_total: int | None = None
         self._pending: dict[int, _Pending] = {}
         self._admitted: dict[int, tuple[str | None, float, float | None]] = {}
         self._counts: dict[str, _ModelCounts] = {}
@@ -244,11 +247,17 @@ class GatewayOwner:
 
     def configure(self, models: ModelSet, ggufs: Mapping[str, GGUFInfo]) -> None:
         self._models = (models, ggufs)
-        self._step(Configure(rules_from(self._settings, models, ggufs)))
+        self._step(Configure(rules_from(self._settings, models, ggufs, self._gpu_total)))
 
     def set_settings(self, settings: Settings) -> None:
         self._settings = settings
-        self._step(Configure(rules_from(settings, *self._models)))
+        self._step(Configure(rules_from(settings, *self._models, self._gpu_total)))
+
+    def set_gpu_total(self, total: int | None) -> None:
+        """What NVML says the GPUs hold (read off the loop at start): the budget when
+        ``server.gpu_memory_gb`` is unset."""
+        self._gpu_total = total
+        self._step(Configure(rules_from(self._settings, *self._models, total)))
 
     def serving_changed(self, token: str | None, serving: bool, down: bool) -> None:
         phase = Phase.OPEN if serving else Phase.DOWN if down else Phase.HELD

@@ -24,6 +24,15 @@ _nvml: Any = None
 
 def used_bytes() -> int | None:
     """Memory in use over all GPUs, or None without NVML. Blocking: run it in a thread."""
+    return _read("used")
+
+
+def total_bytes() -> int | None:
+    """Memory of all GPUs together, or None without NVML. Blocking: run it in a thread."""
+    return _read("total")
+
+
+def _read(field: str) -> int | None:
     global _nvml
     if _nvml is None:
         try:
@@ -42,7 +51,8 @@ def used_bytes() -> int | None:
     try:
         total = 0
         for i in range(_nvml.nvmlDeviceGetCount()):
-            total += int(_nvml.nvmlDeviceGetMemoryInfo(_nvml.nvmlDeviceGetHandleByIndex(i)).used)
+            info = _nvml.nvmlDeviceGetMemoryInfo(_nvml.nvmlDeviceGetHandleByIndex(i))
+            total += int(getattr(info, field))
         return total
     except _nvml.NVMLError:
         return None

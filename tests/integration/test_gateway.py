@@ -403,3 +403,25 @@ async def test_several_resident_models_fit_the_memory_budget_evicting_the_least_
     gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
     assert [gw[m]["resident"] for m in ("tiny-a", "tiny-b", "tiny-c")] == [False, True, True]
     assert gw["tiny-c"]["swaps"] == 1 and "gateway.swap" in sup.logs(300)
+
+
+async def test_a_stream_cut_by_a_crash_ends_with_an_error_event_and_is_counted(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    sup = gateway_sup()
+    async with aiohttp.ClientSession() as http, \
+            http.post(sup.gateway_url + "/v1/chat/completions",
+                      json=chat_body("tiny-a", 7000, stream=True, ignore_eos=True)) as resp:
+        assert resp.status == 200
+        await resp.content.readline()
+        os.kill(sup.status()["instance"]["pid"], signal.SIGKILL)
+        tail = [line async for line in resp.content if line.strip()]
+    last = json.loads(tail[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "cut-off", tail[-3:]
+    gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
+    assert gw["tiny-a"]["requests"].get("cut-off") == 1
+    assert '"gateway.cut_off"' in sup.logs(300)
+    # And the next request is held until the supervisor has the server back.
+    async with aiohttp.ClientSession() as http, \
+            http.post(sup.gateway_url + "/v1/chat/completions",
+                      json=chat_body("tiny-a")) as resp:
+        assert resp.status == 200

@@ -156,3 +156,39 @@ async def test_two_models_at_once_fail_directly_and_queue_through_the_gateway(
                          ("/v1/chat/completions", "tiny-b", "done")], order
     finally:
         sup.close()
+
+
+async def test_a_restart_waits_for_the_request_in_flight_through_the_gateway(
+        fake_localai: Path, tiny_models: Path, tmp_path: Path) -> None:
+    """LocalAI reports no in-flight count (its llama.cpp backend has no Status RPC), so the
+    engine-side drain cannot wait; the gateway counts the request itself and the restart
+    waits for it (FAKE LocalAI: each answer takes 2 s)."""
+    import asyncio
+
+    import aiohttp
+
+    sup = Supervised.create(
+        tmp_path / "sup", tiny_models, {"tiny-a": "tiny-a.gguf"},
+        server={"runtime": "process", "engine": "localai"},
+        process={"binary": str(fake_localai)},
+        localai={"environment": {"FAKE_LOCALAI_PRELOAD_SECONDS": "0.2",
+                                 "FAKE_LOCALAI_REPLY_SECONDS": "2"}},
+        gateway={"enabled": True},
+        health={"model_probes": False},
+    )
+    try:
+        sup.start()
+        sup.wait_running()
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}]}
+            ask = asyncio.create_task(http.post(sup.gateway_url + "/v1/chat/completions",
+                                                json=body))
+            await asyncio.sleep(0.5)
+            assert (await asyncio.to_thread(sup.ctl, "restart")).returncode == 0
+            async with await ask as resp:
+                assert resp.status == 200 and (await resp.json())["model"] == "tiny-a"
+        st = sup.wait_for(lambda s: s["state"] == "RUNNING" and s["restarts"] == 1, 30,
+                          "restarted")
+        assert st["drain"]["drained_requests"] == 1 and st["drain"]["cut_off_requests"] == 0
+    finally:
+        sup.close()

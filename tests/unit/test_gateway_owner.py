@@ -75,3 +75,15 @@ def test_the_inherited_socket_is_the_one_named_gateway_or_the_only_one() -> None
     assert inherited_fd(env, 43) is None  # meant for another process
     assert inherited_fd({}, 42) is None
     assert inherited_fd({"LISTEN_PID": "42", "LISTEN_FDS": "2"}, 42) is None
+
+
+def test_the_memory_budget_is_the_setting_else_what_nvml_says(tmp_path: Path) -> None:
+    from supervisor.gateway import rules_from
+
+    base = make_settings(tmp_path, gateway=True)
+    assert rules_from(base, None, {}).memory_budget is None
+    assert rules_from(base, None, {}, gpu_total=80 << 30).memory_budget == 80 << 30
+    pinned = base.model_copy(update={"server": base.server.model_copy(
+        update={"gpu_memory_gb": 24.0, "single_active_backend": False})})
+    rules = rules_from(pinned, None, {}, gpu_total=80 << 30)
+    assert rules.memory_budget == 24 << 30 and rules.max_resident == 4  # llama-server's default
