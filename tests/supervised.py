@@ -36,6 +36,14 @@ def toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_SOCKET_TRAMPOLINE = """
+import os, sys
+os.dup2(int(os.environ.pop("GATEWAY_FD")), 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="gateway")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
 @dataclass
 class Supervised:
     """One supervisor with its own directory, socket, ports and settings file."""
@@ -132,9 +140,8 @@ class Supervised:
         if listen_socket is not None:
             fds = (listen_socket.fileno(),)
             env["GATEWAY_FD"] = str(fds[0])
-            # The shell's pid is the daemon's after exec: what systemd puts in LISTEN_PID.
-            argv = ["sh", "-c", 'exec 3<&"$GATEWAY_FD"; export LISTEN_PID=$$ LISTEN_FDS=1 '
-                    'LISTEN_FDNAMES=gateway; exec "$@"', "sh", *argv]
+            # This trampoline's pid is the daemon's after exec: what systemd puts in LISTEN_PID.
+            argv = [sys.executable, "-c", _SOCKET_TRAMPOLINE, *argv]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
