@@ -31,6 +31,7 @@ from multidict import CIMultiDict
 from . import gpumem
 from .effects import DrainResult
 from .engines import EngineAdapter
+from .engines.llamaserver import DEFAULT_MODELS_MAX
 from .ggufinfo import GGUFInfo
 from .gpumem import FreedWait
 from .health import Probing
@@ -57,7 +58,7 @@ from .scheduler import (
     Unload,
     Unloaded,
 )
-from .settings import Settings, split_host_port
+from .settings import Engine, Settings, split_host_port
 from .status import GatewayModelStatus, GatewaySnapshot
 from .tasks import TaskSet
 
@@ -176,13 +177,11 @@ def rules_from(settings: Settings, models: ModelSet | None,
                 slots=slots_for(entry.options or (), srv.engine, srv.parallel),
                 footprint=footprint_bytes(sizes.get(entry.name), entry.context_size,
                                           ggufs.get(entry.name)))
+    max_resident: int | None = None  # LocalAI without a single active backend: no count
     if srv.single_active_backend:
-        max_resident: int | None = 1
-    else:
-        max_resident = settings.llama_server.models_max if srv.engine.value == "llama-server" \
-            else None
-        if srv.engine.value == "llama-server" and max_resident is None:
-            max_resident = 4  # llama-server's own --models-max default
+        max_resident = 1
+    elif srv.engine is Engine.LLAMA_SERVER:
+        max_resident = settings.llama_server.models_max or DEFAULT_MODELS_MAX
     budget = int(srv.gpu_memory_gb * 1024**3) if srv.gpu_memory_gb else gpu_total
     return Rules(models=limits, max_resident=max_resident, memory_budget=budget,
                  queue_max=g.queue_max, queue_timeout=g.queue_timeout, max_hold=g.max_hold)
@@ -191,6 +190,7 @@ def rules_from(settings: Settings, models: ModelSet | None,
 @dataclass
 class _ModelCounts:
     outcomes: Counter[Outcome] = field(default_factory=Counter)
+    admitted: int = 0
     swaps: int = 0
     held: int = 0
     prompt_tokens: int = 0
@@ -369,6 +369,7 @@ class GatewayOwner:
             self._admitted[action.rid] = (action.model, now, action.swap_began)
             label = action.model or NO_MODEL
             counts = self._counts.setdefault(label, _ModelCounts())
+            counts.admitted += 1
             counts.wait_sum += action.waited
             counts.wait_max = max(counts.wait_max, action.waited)
             if pending is not None and pending.held:
@@ -433,15 +434,13 @@ class GatewayOwner:
         for m in models:
             c = self._counts.get(m, _ModelCounts())
             key = None if m == NO_MODEL else m
-            admitted = sum(c.outcomes.values()) - sum(
-                c.outcomes[o] for o in Outcome if o.value in {r.value for r in Refusal})
             out.append(GatewayModelStatus(
                 model=m, resident=m in self.sched.resident,
                 in_flight=self.sched.in_flight[key], queued=self.sched.queued(key),
                 requests={o.value: n for o, n in sorted(c.outcomes.items()) if n},
                 swaps=c.swaps, held=c.held, prompt_tokens=c.prompt_tokens,
                 completion_tokens=c.completion_tokens,
-                mean_wait_seconds=round(c.wait_sum / admitted, 4) if admitted > 0 else 0.0,
+                mean_wait_seconds=round(c.wait_sum / c.admitted, 4) if c.admitted else 0.0,
                 max_wait_seconds=round(c.wait_max, 4)))
         return GatewaySnapshot(phase=self.sched.phase, listen=self._settings.gateway.listen,
                                upstream=self._settings.probe_base_url,
@@ -583,16 +582,14 @@ class Proxy:
             ticket = await self._wait_turn(rid, model, arrived)
             if ticket.refusal is not None:
                 return self._refusal(ticket, model)
-            outcome, resp = await self._forward(rid, request, body)
+            resp = await self._forward(rid, request, body)
             if resp is not None:
                 return resp
-            if outcome is None:  # connect refused: the server just died; wait our turn again
-                log.info("gateway.requeued", model=(model or NO_MODEL)[:100],
-                         cause="connection to the server refused (it just stopped?)",
-                         action="waiting for it again, in place")
-                await asyncio.sleep(REQUEUE_PAUSE)
-                continue
-            raise AssertionError("unreachable")
+            # Connect refused: the server just died. Wait for our turn again, in place.
+            log.info("gateway.requeued", model=(model or NO_MODEL)[:100],
+                     cause="connection to the server refused (it just stopped?)",
+                     action="waiting for it again, in place")
+            await asyncio.sleep(REQUEUE_PAUSE)
 
     async def _wait_turn(self, rid: int, model: str | None, arrived: float) -> Ticket:
         reply: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
@@ -614,9 +611,9 @@ class Proxy:
         return resp
 
     async def _forward(self, rid: int, request: web.Request, body: bytes
-                       ) -> tuple[Outcome | None, web.StreamResponse | None]:
-        """Pass one admitted request through. Returns (None, None) when the connect was
-        refused (nothing reached the server: the caller queues it again)."""
+                       ) -> web.StreamResponse | None:
+        """Pass one admitted request through. None when the connect was refused (nothing
+        reached the server: the caller queues it again)."""
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in _HOP_BY_HOP)
         if request.remote:
@@ -624,10 +621,7 @@ class Proxy:
             headers["X-Forwarded-For"] = f"{prior}, {request.remote}" if prior else \
                 request.remote
         started = self._clock()
-        outcome = Outcome.COMPLETED
         ttfb: float | None = None
-        usage: tuple[int | None, int | None] = (None, None)
-        resp: web.StreamResponse | None = None
         try:
             async with self._session().request(
                     request.method, self._upstream + request.rel_url.raw_path_qs,
@@ -636,21 +630,18 @@ class Proxy:
                 resp, outcome, usage = await self._relay(request, up)
         except aiohttp.ClientConnectorError:
             self._post(Finished(rid, Outcome.UPSTREAM_FAILED, counted=False))
-            return None, None
+            return None
         except asyncio.CancelledError:
             self._post(Finished(rid, Outcome.CLIENT_GONE, ttfb))
             raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if resp is None or not resp.prepared:
-                self._post(Finished(rid, Outcome.UPSTREAM_FAILED, ttfb))
-                return Outcome.UPSTREAM_FAILED, web.json_response(
-                    {"error": {"message": f"the server failed to answer: {type(exc).__name__}",
-                               "type": "server_error", "code": "upstream-failed",
-                               "param": None}}, status=502)
-            outcome = Outcome.CUT_OFF
+        except (aiohttp.ClientError, TimeoutError) as exc:  # before any answer (_relay
+            self._post(Finished(rid, Outcome.UPSTREAM_FAILED, ttfb))  # handles the rest)
+            return web.json_response(
+                {"error": {"message": f"the server failed to answer: {type(exc).__name__}",
+                           "type": "server_error", "code": "upstream-failed", "param": None}},
+                status=502)
         self._post(Finished(rid, outcome, ttfb, *usage))
-        assert resp is not None
-        return outcome, resp
+        return resp
 
     async def _relay(self, request: web.Request, up: aiohttp.ClientResponse
                      ) -> tuple[web.StreamResponse, Outcome, tuple[int | None, int | None]]:
@@ -665,18 +656,22 @@ class Proxy:
         sse = up.headers.get("Content-Type", "").startswith("text/event-stream")
         keep = not sse and (up.content_length or 0) <= _USAGE_BODY_MAX and \
             up.headers.get("Content-Type", "").startswith("application/json")
-        await resp.prepare(request)
         tail = b""
         kept: list[bytes] = []
         try:
+            await resp.prepare(request)
             async for chunk in up.content.iter_any():
                 await resp.write(chunk)
                 if sse:
                     tail = (tail + chunk)[-_TAIL_BYTES:]
                 elif keep:
                     kept.append(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError) as exc:
+        except ConnectionError:  # the client went away: close upstream so the slot is freed
+            # (first: aiohttp's ClientConnectionResetError, raised by writes to a closed
+            # client, is a ClientError too)
+            up.close()
+            return resp, Outcome.CLIENT_GONE, (None, None)
+        except aiohttp.ClientError as exc:  # the server's side broke mid-answer
             up.close()
             if sse:
                 event = {"error": {"message": "the server closed the stream mid-answer "
@@ -687,9 +682,6 @@ class Proxy:
             with contextlib.suppress(ConnectionError):
                 await resp.write_eof()
             return resp, Outcome.CUT_OFF, _stream_usage(tail)
-        except ConnectionError:  # the client went away: close upstream so the slot is freed
-            up.close()
-            return resp, Outcome.CLIENT_GONE, (None, None)
         with contextlib.suppress(ConnectionError):  # all of it was sent: a client that left
             await resp.write_eof()                  # before the last empty chunk got it all
         if sse:

@@ -107,6 +107,10 @@ def render_preset(models: ModelSet, models_dir: str) -> str:
     return "\n".join(lines)
 
 
+# llama-server's own --models-max default.
+DEFAULT_MODELS_MAX = 4
+
+
 class LlamaServerEngine:
     kind = Engine.LLAMA_SERVER
     liveness_path = "/health"
@@ -115,7 +119,8 @@ class LlamaServerEngine:
 
     def render(self, models: ModelSet, paths: ServerPaths, settings: Settings) -> EngineLaunch:
         srv = settings.server
-        models_max = settings.llama_server.models_max or (1 if srv.single_active_backend else 4)
+        models_max = settings.llama_server.models_max or (
+            1 if srv.single_active_backend else DEFAULT_MODELS_MAX)
         args = (
             "--models-preset", f"{paths.rendered_dir.rstrip('/')}/{PRESET_NAME}",
             "--models-max", str(models_max),
