@@ -573,6 +573,8 @@ class Proxy:
             await self._http.close()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
         body = await request.read()
         model = model_of(request.method, request.path, request.query,
                          request.headers.get("Content-Type", ""), body)
@@ -590,6 +592,52 @@ class Proxy:
                      cause="connection to the server refused (it just stopped?)",
                      action="waiting for it again, in place")
             await asyncio.sleep(REQUEUE_PAUSE)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket session (LocalAI's realtime API) passes through message by message. It
+        names no model to the scheduler (a long session would otherwise pin its model), but
+        it waits for a serving server and counts as in flight for a drain."""
+        rid = next(self._ids)
+        ticket = await self._wait_turn(rid, None, self._clock())
+        if ticket.refusal is not None:
+            return self._refusal(ticket, None)
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in _HOP_BY_HOP
+                              and not k.lower().startswith("sec-websocket"))
+        protocols = tuple(p.strip() for p in
+                          request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+                          if p.strip())
+        outcome = Outcome.COMPLETED
+        try:
+            async with self._session().ws_connect(
+                    self._upstream + request.rel_url.raw_path_qs, headers=headers,
+                    protocols=protocols, autoping=False, max_msg_size=0) as up:
+                down = web.WebSocketResponse(protocols=protocols, autoping=False,
+                                             max_msg_size=0)
+                await down.prepare(request)
+                pumps = [asyncio.ensure_future(_pump(up, down)),
+                         asyncio.ensure_future(_pump(down, up))]
+                done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                if pumps[0] in done and pumps[0].exception() is not None:
+                    outcome = Outcome.CUT_OFF
+                await down.close()
+                return down
+        except aiohttp.WSServerHandshakeError as exc:
+            outcome = Outcome.COMPLETED
+            return web.Response(status=exc.status, text=exc.message)
+        except aiohttp.ClientError as exc:
+            outcome = Outcome.UPSTREAM_FAILED
+            return web.json_response(
+                {"error": {"message": f"the server failed to answer: {type(exc).__name__}",
+                           "type": "server_error", "code": "upstream-failed", "param": None}},
+                status=502)
+        except asyncio.CancelledError:
+            outcome = Outcome.CLIENT_GONE
+            raise
+        finally:
+            self._post(Finished(rid, outcome))
 
     async def _wait_turn(self, rid: int, model: str | None, arrived: float) -> Ticket:
         reply: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
@@ -690,6 +738,23 @@ class Proxy:
             with contextlib.suppress(ValueError):
                 return resp, Outcome.COMPLETED, _usage(json.loads(b"".join(kept)))
         return resp, Outcome.COMPLETED, (None, None)
+
+
+async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    """Copy messages one way until either side closes."""
+    async for msg in src:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type is aiohttp.WSMsgType.PING:
+            await dst.ping(msg.data)
+        elif msg.type is aiohttp.WSMsgType.PONG:
+            await dst.pong(msg.data)
+        else:
+            break
+    await dst.close()
 
 
 # ---- listening ---------------------------------------------------------------------------------
