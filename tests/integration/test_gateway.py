@@ -59,6 +59,15 @@ def gateway_sup(make_process_supervised: Callable[..., Supervised], long_models:
     return make
 
 
+async def scrape(sup: Supervised) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The supervisor's /metrics, parsed by prometheus_client's own parser."""
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{sup.status_port}/metrics") as resp:
+        text = await resp.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
 def chat_body(model: str, max_tokens: int = 8, stream: bool = False,
               ignore_eos: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": stream,
@@ -115,11 +124,7 @@ async def test_requests_pass_through_unchanged(gateway_sup: Callable[..., Superv
     a = next(m for m in status["models"] if m["model"] == "tiny-a")
     assert a["requests"]["completed"] == 2 and a["completion_tokens"] >= 4
     # The same counts in /metrics (Prometheus text, parsed by its own parser) and the CLI.
-    async with aiohttp.ClientSession() as http, \
-            http.get(f"http://127.0.0.1:{sup.status_port}/metrics") as resp:
-        text = await resp.text()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = await scrape(sup)
     prefix = "localai_supervisor_gateway"
     assert samples[(f"{prefix}_requests_total",
                     (("model", "tiny-a"), ("outcome", "completed")))] == 2
@@ -183,6 +188,13 @@ async def test_a_second_model_waits_its_turn_instead_of_starving(
     assert via and all(status == 200 and done for status, _, done in via)
     gw = {m["model"]: m for m in sup.status()["gateway"]["models"]}
     assert gw["tiny-b"]["swaps"] >= 1 and gw["tiny-a"]["requests"].get("cut-off", 0) == 0
+    assert gw["tiny-b"]["max_wait_seconds"] >= 3.0  # it waited out A's hold
+    samples = await scrape(sup)
+    b = (("model", "tiny-b"),)
+    assert samples[("localai_supervisor_gateway_swaps_total", b)] >= 1
+    assert samples[("localai_supervisor_gateway_swap_seconds_count", b)] >= 1
+    assert samples[("localai_supervisor_gateway_queue_wait_seconds_bucket",
+                    (("le", "1.0"), ("model", "tiny-b")))] == 0  # none admitted within 1 s
 
 
 async def test_a_full_queue_is_refused_with_429_and_a_long_wait_with_503(

@@ -87,3 +87,28 @@ def test_the_memory_budget_is_the_setting_else_what_nvml_says(tmp_path: Path) ->
         update={"gpu_memory_gb": 24.0, "single_active_backend": False})})
     rules = rules_from(pinned, None, {}, gpu_total=80 << 30)
     assert rules.memory_budget == 24 << 30 and rules.max_resident == 4  # llama-server's default
+
+
+async def test_per_request_messages_run_the_housekeeping_at_most_every_50_ms(
+        tmp_path: Path) -> None:
+    from daemonkit import Harness
+
+    from supervisor.daemon import HOT_HOUSEKEEPING_SECONDS
+
+    h = Harness(tmp_path, make_settings(tmp_path, gateway=True))
+    runs = []
+    real = h.daemon.housekeeping
+
+    def counting() -> None:
+        runs.append(h.clock.now)
+        real()
+
+    h.daemon.housekeeping = counting  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    h.daemon.handle(Arrived(1, "a", h.clock(), loop.create_future()))
+    for rid in range(2, 50):  # a burst within 50 ms: no housekeeping after each
+        h.daemon.handle(Arrived(rid, "a", h.clock(), loop.create_future()))
+    assert len(runs) == 1
+    h.clock.now += HOT_HOUSEKEEPING_SECONDS
+    h.daemon.handle(Finished(1, Outcome.COMPLETED, 0.01))
+    assert len(runs) == 2

@@ -1,7 +1,8 @@
-"""The gateway's proxy half against a small stand-in upstream (an aiohttp app on loopback):
-WebSocket sessions, which neither llama-server nor the fake LocalAI offer. The owner is a
-stub that admits everything; the real owner and the real server are tested in
-tests/integration/test_gateway.py."""
+"""The gateway's proxy half against a small stand-in upstream (an aiohttp app on loopback),
+for what neither llama-server nor the fake LocalAI do: WebSocket sessions, compressed
+answers, a server that closes the connection without answering, a port that refuses and then
+listens. The owner is a stub (it admits everything, or refuses as told); the real owner and
+the real server are tested in tests/integration/test_gateway.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from daemonkit import make_settings
 
 from supervisor.gateway import Arrived, Finished, Outcome, Proxy, Ticket
+from supervisor.scheduler import Refusal
 
 
 async def test_a_websocket_session_passes_through_both_ways(tmp_path: Path) -> None:
@@ -70,3 +72,128 @@ async def test_a_websocket_session_passes_through_both_ways(tmp_path: Path) -> N
         await runner.cleanup()
         await proxy.close()
         await up_runner.cleanup()
+
+
+class Bench:
+    """A stand-in upstream app, the proxy in front of it, and a stub owner."""
+
+    def __init__(self, tmp_path: Path, upstream: web.Application,
+                 refusal: Refusal | None = None) -> None:
+        self.tmp_path = tmp_path
+        self.upstream = upstream
+        self.refusal = refusal
+        self.finished: list[Finished] = []
+        self.up_runner: web.AppRunner | None = None
+
+    async def start_upstream(self, port: int = 0) -> int:
+        self.up_runner = web.AppRunner(self.upstream)
+        await self.up_runner.setup()
+        await web.TCPSite(self.up_runner, "127.0.0.1", port).start()
+        return int(self.up_runner.addresses[0][1])
+
+    async def start_proxy(self, up_port: int) -> str:
+        base = make_settings(self.tmp_path, gateway=True)
+        settings = base.model_copy(update={"gateway": base.gateway.model_copy(
+            update={"upstream_port": up_port})})
+        self.proxy = Proxy(settings, self.post)
+        self.runner = web.AppRunner(self.proxy.app())
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    def post(self, msg: Any) -> None:
+        if isinstance(msg, Arrived):
+            msg.reply.set_result(Ticket(self.refusal, 1.0))
+        elif isinstance(msg, Finished):
+            self.finished.append(msg)
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        await self.proxy.close()
+        if self.up_runner is not None:
+            await self.up_runner.cleanup()
+
+
+async def test_a_compressed_answer_passes_compressed_and_intact(tmp_path: Path) -> None:
+    import gzip
+
+    raw = gzip.compress(b'{"object": "list", "data": []}')
+
+    async def models(request: web.Request) -> web.Response:
+        return web.Response(body=raw, headers={"Content-Encoding": "gzip",
+                                               "Content-Type": "application/json",
+                                               "X-Engine": "stand-in"})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    b = Bench(tmp_path, app)
+    url = await b.start_proxy(await b.start_upstream())
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as http, \
+                http.get(url + "/v1/models") as resp:
+            assert await resp.read() == raw
+            assert resp.headers["Content-Encoding"] == "gzip"
+            assert resp.headers["X-Engine"] == "stand-in"
+    finally:
+        await b.close()
+
+
+async def test_a_server_that_closes_without_answering_gives_502(tmp_path: Path) -> None:
+    async def hang_up(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()
+        raise asyncio.CancelledError
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", hang_up)
+    b = Bench(tmp_path, app)
+    url = await b.start_proxy(await b.start_upstream())
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.post(url + "/v1/chat/completions", json={"model": "m"}) as resp:
+            assert resp.status == 502
+            assert (await resp.json())["error"]["code"] == "upstream-failed"
+        assert [f.outcome for f in b.finished] == [Outcome.UPSTREAM_FAILED]
+    finally:
+        await b.close()
+
+
+async def test_a_refused_connect_waits_again_and_is_answered_once_the_server_listens(
+        tmp_path: Path) -> None:
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    b = Bench(tmp_path, app)
+    port = await b.start_upstream()
+    assert b.up_runner is not None
+    await b.up_runner.cleanup()  # the server has just died: its port refuses
+    url = await b.start_proxy(port)
+    try:
+        async with aiohttp.ClientSession() as http:
+            ask = asyncio.ensure_future(http.post(url + "/v1/chat/completions",
+                                                  json={"model": "m"}))
+            await asyncio.sleep(0.35)
+            await b.start_upstream(port)  # ... and is back
+            async with await ask as resp:
+                assert resp.status == 200
+        requeued = [f for f in b.finished if not f.counted]
+        assert requeued and all(f.outcome is Outcome.UPSTREAM_FAILED for f in requeued)
+        assert [f.outcome for f in b.finished if f.counted] == [Outcome.COMPLETED]
+    finally:
+        await b.close()
+
+
+async def test_a_refusal_is_an_openai_shaped_error_with_retry_after(tmp_path: Path) -> None:
+    b = Bench(tmp_path, web.Application(), refusal=Refusal.SERVER_DOWN)
+    url = await b.start_proxy(1)
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.post(url + "/v1/chat/completions", json={"model": "m"}) as resp:
+            assert (resp.status, resp.headers["Retry-After"]) == (503, "30")
+            error = (await resp.json())["error"]
+            assert error["code"] == "server-down" and error["type"] == "server_error"
+            assert "stopped or failed" in error["message"]
+    finally:
+        await b.close()
