@@ -51,7 +51,14 @@ from .gateway import (
 )
 from .health import Prober, Probing
 from .metrics import GatewayGauges, GatewayMetrics
-from .models import ModelProbed, ModelRestarted, ModelRestored, ModelsOwner, Smoked
+from .models import (
+    ModelProbed,
+    ModelRestarted,
+    ModelRestored,
+    ModelsBusy,
+    ModelsOwner,
+    Smoked,
+)
 from .notify import Notifier
 from .policy import Escalate, Restart, Start, Stop
 from .runtime import (
@@ -218,6 +225,7 @@ class Daemon:
             SettingsRead: self._on_settings_read,
             RestartRequest: self._on_restart,
             SignalReceived: self._on_signal,
+            ModelsBusy: self._on_models_busy,
         }
         if self.gateway is not None:
             self._handlers.update({
@@ -264,8 +272,10 @@ class Daemon:
         self._deliver_notices()
         self.server.schedule_probes(now)
         self.models.schedule(now)
+        self.models.report_busy()
         if self.gateway is not None:
             self.gateway.tick(now)
+        self._deliver_notices()
         line = self.status_line()
         if line != self._status_line:
             self._status_line = line
@@ -292,6 +302,10 @@ class Daemon:
         self.models.serving_changed(msg.token, msg.serving)
         if self.gateway is not None:
             self.gateway.serving_changed(msg.token, msg.serving, msg.down)
+
+    def _on_models_busy(self, msg: ModelsBusy) -> None:
+        if self.gateway is not None:
+            self.gateway.models_busy(msg.models)
 
     def _on_gateway_changed(self, msg: GatewayChanged) -> None:
         self.models.gateway_changed(msg.unloading, msg.busy)
@@ -371,6 +385,8 @@ class Daemon:
         on_stop = self.settings.supervisor.on_stop
         log.info("supervisor.stopping", signal=name, on_stop=on_stop.value)
         self._notifier.stopping()
+        if self.gateway is not None:
+            self.gateway.stopping()
         for hook in self._stopping_hooks:
             hook()
         budget = (self.settings.health.drain_timeout + self.settings.server.stop_timeout

@@ -41,6 +41,7 @@ from .scheduler import (
     Action,
     Admit,
     Arrive,
+    Close,
     Configure,
     Drain,
     Drained,
@@ -66,7 +67,8 @@ log = structlog.get_logger("supervisor.gateway")
 
 # Retry-After (seconds) by refusal: a full queue clears quickly, a restart takes longer.
 RETRY_AFTER = {Refusal.QUEUE_FULL: 2, Refusal.QUEUE_TIMEOUT: 10,
-               Refusal.SERVER_UNAVAILABLE: 10, Refusal.SERVER_DOWN: 30}
+               Refusal.SERVER_UNAVAILABLE: 10, Refusal.SERVER_DOWN: 30,
+               Refusal.SUPERVISOR_STOPPING: 1}
 # A request whose connect was refused (the server died between admission and connect) asks
 # again after this pause, keeping its place; the server owner learns of the death meanwhile.
 REQUEUE_PAUSE = 0.1
@@ -94,6 +96,7 @@ class Outcome(StrEnum):
     QUEUE_TIMEOUT = "queue-timeout"
     SERVER_UNAVAILABLE = "server-unavailable"
     SERVER_DOWN = "server-down"
+    SUPERVISOR_STOPPING = "supervisor-stopping"
 
 
 # ---- messages (posted to the daemon loop) ----------------------------------------------------
@@ -242,6 +245,9 @@ class GatewayOwner:
         self._notify = notify
         self._told = GatewayChanged(frozenset(), False)
         self._gpu_used = gpu_used
+        # Models the models owner is probing; an unload waits until none of its models is.
+        self._probing: frozenset[str] = frozenset()
+        self._held_unload: tuple[Unload, int] | None = None
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -328,6 +334,11 @@ class GatewayOwner:
                             action="letting the next model in anyway")
         self._step(Unloaded(msg.epoch))
 
+    def stopping(self) -> None:
+        """The supervisor received its stop signal: refuse what waits and what comes (503,
+        Retry-After 1, Connection: close), so clients ask again, of the next daemon."""
+        self._step(Close())
+
     def on_drain_request(self, msg: DrainRequest) -> None:
         now = self._clock()
         self._drains.append(_Drain(msg.reply, now, now + msg.timeout, self.sched.admitted))
@@ -398,13 +409,32 @@ class GatewayOwner:
             log.info("gateway.swap", unload=list(action.models), load=action.for_model)
             expected = sum(self.sched.rules.models[m].footprint or 0
                            for m in action.models if m in self.sched.rules.models)
-            self._tasks.spawn(self._unload(action, expected))
+            self._held_unload = (action, expected)
+            self._release_unload()
         elif isinstance(action, Drained):
             for d in self._drains:
                 if not d.reply.done():
                     d.reply.set_result(DrainResult(d.first, drained=d.first,
                                                    seconds=now - d.started))
             self._drains.clear()
+
+    def models_busy(self, models: frozenset[str]) -> None:
+        self._probing = models
+        self._release_unload()
+
+    def _release_unload(self) -> None:
+        """Start the unload the scheduler asked for once no probe talks to its models (new
+        probes of them are not started meanwhile: ``GatewayChanged.unloading``)."""
+        if self._held_unload is None:
+            return
+        action, expected = self._held_unload
+        if action.epoch != self.sched.unloading_epoch:
+            self._held_unload = None  # a new instance: nothing of the old one to unload
+            return
+        if self._probing & set(action.models):
+            return
+        self._held_unload = None
+        self._tasks.spawn(self._unload(action, expected))
 
     async def _unload(self, action: Unload, expected: int) -> None:
         """Unload, then wait (bounded) until the GPU shows the memory free."""
@@ -519,6 +549,7 @@ def error_body(why: Refusal, model: str | None, waited: float) -> dict[str, Any]
         Refusal.SERVER_UNAVAILABLE: f"the server is restarting or recovering; {what} waited "
                                     f"{waited:.0f}s; retry later",
         Refusal.SERVER_DOWN: "the server is stopped or failed (see supervisorctl status)",
+        Refusal.SUPERVISOR_STOPPING: "the supervisor is stopping or restarting; retry",
     }
     return {"error": {"message": messages[why], "type": "server_error" if why.status == 503
                       else "rate_limit_error", "code": why.value, "param": None}}

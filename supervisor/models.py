@@ -123,6 +123,13 @@ class _Record:
     smoke_warning: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelsBusy:
+    """For the gateway: models a probe, restart or smoke check is talking to right now."""
+
+    models: frozenset[str]
+
+
 class ModelsOwner:
     def __init__(self, settings: Settings, engine: EngineAdapter, prober: Probing,
                  post: Callable[[Any], None], notify: Callable[[Any], None], journal: Journal,
@@ -155,6 +162,7 @@ class ModelsOwner:
         # and whether it has requests in flight or waiting (then no load test swaps a model).
         self._gateway_unloading: frozenset[str] = frozenset()
         self._gateway_busy = False
+        self._told_busy: frozenset[str] = frozenset()
         self._tasks = TaskSet()
 
     # -- inputs from other owners --------------------------------------------------------
@@ -186,6 +194,15 @@ class ModelsOwner:
 
     def gateway_changed(self, unloading: frozenset[str], busy: bool) -> None:
         self._gateway_unloading, self._gateway_busy = unloading, busy
+
+    def report_busy(self) -> None:
+        """Tell the gateway which models a probe, restart or smoke check is talking to: it
+        unloads none of them until that is over (a llama-server child being stopped holds its
+        exit for a request that reaches it, up to its 10 s stop-timeout)."""
+        busy = frozenset(n for n, r in self._records.items() if r.busy or r.smoke_busy)
+        if busy != self._told_busy:
+            self._told_busy = busy
+            self._notify(ModelsBusy(busy))
 
     def on_seen(self, token: str, seen: ModelsSeen) -> None:
         if token != self._token:
@@ -240,6 +257,7 @@ class ModelsOwner:
             return
         for name, rec in self._records.items():
             if (rec.load is not LoadState.LOADED or rec.smoke_busy
+                    or name in self._gateway_unloading
                     or (rec.smoke_at is not None and now - rec.smoke_at < every)):
                 continue
             self._records[name] = replace(rec, smoke_at=now, smoke_busy=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .policy import State
+from .scheduler import Refusal
 from .status import Status
 
 
@@ -57,7 +58,7 @@ def render_status(st: Status, tty: bool) -> str:
                    m.state.value if m.state else "-") for m in st.models]
         lines += ["", *_table([("MODEL", "FILE", "LISTED", "STATE"), *models], tty)]
     if gw is not None and gw.models:
-        refusals = ("queue-full", "queue-timeout", "server-unavailable", "server-down")
+        refusals = tuple(r.value for r in Refusal)
         per_model = [
             (m.model, "yes" if m.resident else "no", str(m.in_flight), str(m.queued),
              str(m.requests.get("completed", 0)), str(m.requests.get("cut-off", 0)),

@@ -47,6 +47,9 @@ class Refusal(StrEnum):
     QUEUE_TIMEOUT = "queue-timeout"
     SERVER_UNAVAILABLE = "server-unavailable"
     SERVER_DOWN = "server-down"
+    # The supervisor itself is stopping (a restart, under socket activation): ask again, and
+    # the next daemon answers.
+    SUPERVISOR_STOPPING = "supervisor-stopping"
 
     @property
     def status(self) -> int:
@@ -122,6 +125,11 @@ class Drain:
 
 
 @dataclass(frozen=True)
+class Close:
+    """The supervisor is stopping: refuse what waits and what comes; in flight finishes."""
+
+
+@dataclass(frozen=True)
 class Tick:
     pass
 
@@ -131,7 +139,7 @@ class Configure:
     rules: Rules
 
 
-Event = Arrive | Finish | Leave | PhaseChanged | Unloaded | Drain | Tick | Configure
+Event = Arrive | Finish | Leave | PhaseChanged | Unloaded | Drain | Close | Tick | Configure
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -197,6 +205,7 @@ class Scheduler:
         # model -> when the swap that makes it resident began.
         self._swap_began: dict[str, float] = {}
         self._draining = False
+        self._closed = False
 
     # -- views (for status and tests; nobody outside decides from them) ---------------------
 
@@ -214,6 +223,10 @@ class Scheduler:
     @property
     def unloading(self) -> tuple[str, ...]:
         return self._unloading.models if self._unloading else ()
+
+    @property
+    def unloading_epoch(self) -> int | None:
+        return self._unloading.epoch if self._unloading else None
 
     def next_deadline(self, now: float) -> float | None:
         """When the next wait runs out or a hold ends (the owner wakes then to Tick)."""
@@ -250,6 +263,11 @@ class Scheduler:
                 self.phase = Phase.HELD
         elif isinstance(event, Configure):
             self.rules = event.rules
+        elif isinstance(event, Close):
+            self._closed = True
+            for w in list(self._waiting.values()):
+                self._remove_waiting(w.rid)
+                out.append(Refuse(w.rid, w.model, Refusal.SUPERVISOR_STOPPING, now - w.arrived))
         self._expire(now, out)
         self._dispatch(now, out)
         if self._draining and not self._admitted:
@@ -261,6 +279,9 @@ class Scheduler:
 
     def _arrive(self, ev: Arrive, now: float, out: list[Action]) -> None:
         model = ev.model if ev.model in self.rules.models else None
+        if self._closed:
+            out.append(Refuse(ev.rid, model, Refusal.SUPERVISOR_STOPPING, now - ev.arrived))
+            return
         if self.phase is Phase.DOWN:
             out.append(Refuse(ev.rid, model, Refusal.SERVER_DOWN, now - ev.arrived))
             return

@@ -320,7 +320,11 @@ async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation
         make_process_supervised: Callable[..., Supervised], long_models: Path) -> None:
     """The listening socket belongs to whoever started the daemon (systemd's .socket unit;
     here the test, handing it over the same way). While the supervisor restarts, clients'
-    connections wait in the kernel's backlog and are answered by the next daemon."""
+    connections wait in the kernel's backlog and are answered by the next daemon. A request
+    that reaches the stopping daemon on a kept-alive connection is answered 503
+    supervisor-stopping with Retry-After: 1 and Connection: close, and one the old daemon's
+    closing connection cuts before any answer (HTTP keep-alive's race) is asked again: the
+    client here retries both, as the OpenAI SDK does by default."""
     sup = make_process_supervised({}, models_dir=long_models, gateway={"enabled": True})
     long_config(sup)
     listener = socket.create_server(("127.0.0.1", sup.gateway_port), backlog=128)
@@ -329,17 +333,32 @@ async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation
         sup.wait_for(lambda s: s["state"] == "RUNNING", 60, "RUNNING")
         assert "gateway.socket_inherited" in sup.logs(200)
         statuses: list[int | str] = []
+        retried = 0
         stop = asyncio.Event()
 
         async def client(http: aiohttp.ClientSession) -> None:
+            nonlocal retried
             while not stop.is_set():
-                try:
-                    async with http.post(sup.gateway_url + "/v1/chat/completions",
-                                         json=chat_body("tiny-a", 4)) as resp:
-                        await resp.read()
-                        statuses.append(resp.status)
-                except aiohttp.ClientError as exc:
-                    statuses.append(type(exc).__name__)
+                for _attempt in range(3):
+                    try:
+                        async with http.post(sup.gateway_url + "/v1/chat/completions",
+                                             json=chat_body("tiny-a", 4)) as resp:
+                            body = await resp.read()
+                            if resp.status == 503 and b"supervisor-stopping" in body:
+                                assert resp.headers["Retry-After"] == "1"
+                                assert resp.headers["Connection"] == "close"
+                                retried += 1
+                                await asyncio.sleep(0.1)
+                                continue
+                            statuses.append(resp.status)
+                        break
+                    except aiohttp.ServerDisconnectedError:  # closed before any answer
+                        retried += 1
+                    except aiohttp.ClientError as exc:
+                        statuses.append(type(exc).__name__)
+                        break
+                else:
+                    statuses.append("3 attempts")
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             clients = [asyncio.create_task(client(http)) for _ in range(3)]
@@ -354,11 +373,13 @@ async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation
             await asyncio.gather(*clients)
         refused = [s for s in statuses if s != 200]
         print(f"{len(statuses)} requests ({before} before the restart), not answered 200: "
-              f"{refused}")
+              f"{refused}; asked again (503 supervisor-stopping, or a kept-alive connection "
+              f"closed): {retried}")
         assert len(statuses) > before + 3
         # Requests in flight when the first daemon stopped were drained; new connections
-        # waited in the backlog for the second one.
+        # waited in the backlog for the second one: none refused, none failed.
         assert not refused
+        assert retried <= 6  # once or twice per client
     finally:
         listener.close()
 

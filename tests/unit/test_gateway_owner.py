@@ -9,17 +9,27 @@ from typing import Any
 from daemonkit import FakeClock, FakeProber, make_settings
 
 from supervisor.engines.llamaserver import LlamaServerEngine
-from supervisor.gateway import Arrived, Finished, GatewayOwner, Outcome, Ticket, model_of
+from supervisor.gateway import (
+    Arrived,
+    Finished,
+    GatewayOwner,
+    Outcome,
+    Ticket,
+    UnloadDone,
+    model_of,
+)
 from supervisor.modelconfig import load_model_set
 from supervisor.sockets import inherited_fd
 
 
-def owner(tmp_path: Path, **gateway: Any) -> tuple[GatewayOwner, FakeClock, list[Any]]:
+def owner(tmp_path: Path, prober: FakeProber | None = None, **gateway: Any
+          ) -> tuple[GatewayOwner, FakeClock, list[Any]]:
     base = make_settings(tmp_path, gateway=True)
     settings = base.model_copy(update={"gateway": base.gateway.model_copy(update=gateway)})
     posted: list[Any] = []
     clock = FakeClock()
-    gw = GatewayOwner(settings, LlamaServerEngine(), FakeProber(), posted.append, clock)
+    gw = GatewayOwner(settings, LlamaServerEngine(), prober or FakeProber(), posted.append,
+                      clock, gpu_used=lambda: None)
     config = settings.server.model_config_file
     config.write_text("- name: a\n  parameters:\n    model: tiny-a.gguf\n"
                       "- name: b\n  parameters:\n    model: tiny-a.gguf\n")
@@ -112,3 +122,24 @@ async def test_per_request_messages_run_the_housekeeping_at_most_every_50_ms(
     h.clock.now += HOT_HOUSEKEEPING_SECONDS
     h.daemon.handle(Finished(1, Outcome.COMPLETED, 0.01))
     assert len(runs) == 2
+
+
+async def test_an_unload_waits_until_no_probe_talks_to_the_model(tmp_path: Path) -> None:
+    """A probe that reaches a llama-server child being stopped holds its exit for the
+    router's stop-timeout (10 s, seen on the bench): the unload waits for the probe."""
+    prober = FakeProber()
+    gw, clock, posted = owner(tmp_path, prober)
+    loop = asyncio.get_running_loop()
+    gw.models_busy(frozenset({"a"}))  # the models owner is probing a
+    gw.on_arrived(Arrived(1, "a", clock(), loop.create_future()))
+    gw.on_arrived(Arrived(2, "b", clock(), loop.create_future()))
+    gw.on_finished(Finished(1, Outcome.COMPLETED, 0.01))
+    assert gw.sched.unloading == ("a",)
+    await asyncio.sleep(0.01)
+    assert not [c for c in prober.calls if c.path == "/models/unload"]
+    gw.models_busy(frozenset())  # the probe is over
+    for _ in range(100):
+        if any(isinstance(m, UnloadDone) for m in posted):
+            break
+        await asyncio.sleep(0.01)
+    assert [c.body for c in prober.calls if c.path == "/models/unload"] == [{"model": "a"}]

@@ -363,3 +363,17 @@ def test_no_request_is_admitted_beside_a_model_that_does_not_fit_and_none_waits_
             break
     assert b.sched.waiting == 0 and b.sched.admitted == 0
     assert set(outcome) == set(arrived)
+
+
+def test_a_stopping_supervisor_refuses_what_waits_and_what_comes_but_finishes_in_flight() -> None:
+    from supervisor.scheduler import Close
+
+    b = Bench()
+    a1 = b.arrive("a")
+    b1 = b.arrive("b")
+    out = b.feed(Close())
+    assert [(x.rid, x.why) for x in out if isinstance(x, Refuse)] == \
+        [(b1, Refusal.SUPERVISOR_STOPPING)]
+    out = b.feed(Arrive(99, "a", b.now))
+    assert [(x.rid, x.why.status) for x in out if isinstance(x, Refuse)] == [(99, 503)]
+    assert Drained() in b.feed(Drain()) + b.feed(Finish(a1))
