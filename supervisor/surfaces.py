@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from .api import start_api
 from .control import start_control
 from .daemon import Daemon
-from .gateway import Proxy, start_gateway
+from .proxy import Proxy, start_gateway
 from .sockets import take_gateway_socket
 
 

@@ -16,9 +16,9 @@ from supervisor.gateway import (
     Outcome,
     Ticket,
     UnloadDone,
-    model_of,
 )
 from supervisor.modelconfig import load_model_set
+from supervisor.proxy import model_of
 from supervisor.sockets import inherited_fd
 
 

@@ -14,7 +14,8 @@ import aiohttp
 from aiohttp import web
 from daemonkit import make_settings
 
-from supervisor.gateway import Arrived, Finished, Outcome, Proxy, Ticket
+from supervisor.gateway import Arrived, Finished, Outcome, Ticket
+from supervisor.proxy import Proxy
 from supervisor.scheduler import Refusal
 
 
