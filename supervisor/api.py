@@ -1,6 +1,6 @@
 """Read-only HTTP status API (loopback by default): ``GET /status``, ``GET /healthz``,
-``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (the document that describes the
-JSON ones)."""
+``GET /readyz`` (200/503 for load balancers), ``GET /metrics`` (Prometheus) and
+``GET /openapi.json`` (the document that describes them)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .daemon import Daemon
 from .metrics import exposition
 from .settings import split_host_port
-from .status import OPENAPI_FILE
+from .status import OPENAPI_FILE, Readiness
 
 log = structlog.get_logger("supervisor.api")
 
@@ -26,6 +26,11 @@ def _app(daemon: Daemon) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def readyz(request: web.Request) -> web.Response:
+        ready = Readiness.of(daemon.status())
+        return web.json_response(ready.model_dump(mode="json"),
+                                 status=200 if ready.ready else 503)
+
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=exposition(daemon.metrics),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -36,6 +41,7 @@ def _app(daemon: Daemon) -> web.Application:
     app = web.Application(client_max_size=1024)
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     return app

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import __version__, gpumem
 from .configuration import ConfigApplied, ConfigOwner, Validated, check
@@ -50,7 +50,7 @@ from .gateway import (
     UnloadDone,
 )
 from .health import Prober, Probing
-from .metrics import GatewayGauges, GatewayMetrics
+from .metrics import GatewayGauges, GatewayMetrics, StatusCollector
 from .models import (
     ModelProbed,
     ModelRestarted,
@@ -170,8 +170,11 @@ class Daemon:
         self.journal = Journal(wall=wall)
         self.config = ConfigOwner(settings, engine, self.post, self._notices.append,
                                   self.journal, clock, wall)
-        # /metrics: the gateway's series (more join them as they are added).
+        # /metrics: the supervisor's state (read from its status at scrape), the process's,
+        # and the gateway's per-model series.
         self.metrics = CollectorRegistry(auto_describe=True)
+        self.metrics.register(StatusCollector(self.status))
+        self.metrics.register(ProcessCollector(registry=None))
         self.gateway = (GatewayOwner(settings, engine, self._prober, self.post, clock,
                                      observe=GatewayMetrics(self.metrics),
                                      notify=self._notices.append)

@@ -1,10 +1,12 @@
 """Prometheus metrics (``GET /metrics`` on the status API), with ``prometheus_client``.
 
-The gateway's per-model series: requests by outcome, in flight, queued, queue wait and
-time-to-first-byte histograms, swaps and their duration, held requests, tokens. Label values
-are closed vocabularies: configured model names (``-`` for requests naming none) and the
-``Outcome`` enum. Counters and histograms are fed by the gateway owner as things happen;
-gauges are read from its snapshot when scraped, so they cannot go stale.
+The supervisor's own series (server state, restarts by reason, last failure's cause, config
+revision and checks, models, drains, runtime connection) are read from the typed status when
+scraped, so they cannot go stale; the process's own (``process_*``) come from
+``prometheus_client``. The gateway's per-model series: requests by outcome, in flight,
+queued, queue wait and time-to-first-byte histograms, swaps and their duration, held
+requests, tokens. Label values are closed vocabularies: states, reasons, causes, configured
+model names (``-`` for requests naming none), the ``Outcome`` enum.
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .classify import Cause
 from .gateway import Finished, GatewayObserver, Outcome
-from .status import GatewaySnapshot
+from .modelhealth import ModelState
+from .policy import State
+from .status import GatewaySnapshot, Status
+from .vocab import RestartReason
 
 PREFIX = "localai_supervisor_gateway"
 # Seconds: sub-millisecond pass-through up to minutes of waiting behind another model.
@@ -90,6 +96,103 @@ class GatewayGauges(Collector):
             queued.add_metric((m.model,), m.queued)
             resident.add_metric((m.model,), 1.0 if m.resident else 0.0)
         yield from (in_flight, queued, resident)
+
+
+SUP = "localai_supervisor"
+
+
+class StatusCollector(Collector):
+    """The supervisor's state, read from one status snapshot per scrape."""
+
+    def __init__(self, status: Callable[[], Status]) -> None:
+        self._status = status
+
+    def describe(self) -> list[Metric]:
+        return []  # registered before the owners exist: nothing to read yet
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._status()
+
+        def gauge(name: str, doc: str, value: float | None = None,
+                  labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(f"{SUP}_{name}", doc, labels=labels)
+            if value is not None:
+                g.add_metric((), value)
+            return g
+
+        def counter(name: str, doc: str, value: float | None = None,
+                    labels: tuple[str, ...] = ()) -> CounterMetricFamily:
+            c = CounterMetricFamily(f"{SUP}_{name}", doc, labels=labels)
+            if value is not None:
+                c.add_metric((), value)
+            return c
+
+        serving = st.state in (State.RUNNING, State.UNHEALTHY)
+        yield gauge("server_up", "1 while the server serves (RUNNING or UNHEALTHY)",
+                    1.0 if serving else 0.0)
+        state = gauge("server_state", "1 for the server's current state", labels=("state",))
+        for s in State:
+            state.add_metric((s.value,), 1.0 if s is st.state else 0.0)
+        yield state
+        yield gauge("server_state_seconds", "Seconds in the current state", st.since_seconds)
+        if st.instance is not None:
+            yield gauge("server_start_time_seconds", "When the running instance started "
+                        "(Unix seconds)", st.instance.started_at)
+        restarts = counter("server_restarts", "Server restarts by why they happened",
+                           labels=("reason",))
+        for r in RestartReason:
+            restarts.add_metric((r.value,), st.restarts_by_reason.get(r, 0))
+        yield restarts
+        yield gauge("server_consecutive_failures", "Failures in a row (the backoff's count)",
+                    st.consecutive_failures)
+        yield gauge("server_recent_failures", "Failures within restart.failure_window",
+                    st.recent_failures)
+        yield gauge("server_crash_looping", "1 while crash-looping", float(st.crash_looping))
+        yield gauge("server_fatal", "1 when the supervisor gave up (FATAL)",
+                    float(st.state is State.FATAL))
+        if st.retry_in_seconds is not None:
+            yield gauge("server_backoff_seconds", "Seconds until the next start attempt",
+                        st.retry_in_seconds)
+        last = gauge("server_last_failure", "1 for the cause of the latest failure",
+                     labels=("cause",))
+        for c in Cause:
+            last.add_metric((c.value,), 1.0 if st.last_failure and
+                            st.last_failure.cause is c else 0.0)
+        yield last
+        yield gauge("runtime_connected", "1 while the container engine (or process runtime) "
+                    "answers", float(st.runtime_connected))
+        cfg = st.config
+        info = gauge("config_info", "The applied model config's revision and server spec",
+                     labels=("revision", "spec"))
+        if cfg.revision is not None:
+            info.add_metric((cfg.revision, cfg.spec or ""), 1.0)
+        yield info
+        yield gauge("config_rejected", "1 while the latest config change is rejected",
+                    float(cfg.rejected is not None))
+        yield gauge("config_pending_files", "Model files still being written", len(cfg.pending))
+        yield counter("config_checks", "Checks of the config files since start", cfg.checks)
+        if cfg.last_check_at is not None:
+            yield gauge("config_last_check_timestamp_seconds", "When the files were last "
+                        "checked (Unix seconds)", cfg.last_check_at)
+        listed = gauge("model_listed", "1 when the server lists the model", labels=("model",))
+        loaded = gauge("model_loaded", "1 when the model is loaded", labels=("model",))
+        health = gauge("model_health", "1 for the model's health state",
+                       labels=("model", "state"))
+        model_restarts = gauge("model_restarts", "In-place restarts of the model (recent "
+                               "window)", labels=("model",))
+        for m in st.models:
+            listed.add_metric((m.name,), float(m.listed))
+            loaded.add_metric((m.name,), float(m.loaded))
+            model_restarts.add_metric((m.name,), m.restarts)
+            for h in ModelState:
+                health.add_metric((m.name, h.value), 1.0 if m.health is h else 0.0)
+        yield from (listed, loaded, health, model_restarts)
+        yield counter("drains", "Planned stops that waited for requests in flight",
+                      st.drain.drains)
+        yield counter("drained_requests", "Requests a drain waited for",
+                      st.drain.drained_requests)
+        yield counter("cut_off_requests", "Requests still in flight when a drain timed out",
+                      st.drain.cut_off_requests)
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

@@ -226,6 +226,21 @@ class Status(_Model):
         )
 
 
+class Readiness(_Model):
+    """``GET /readyz``: ready, or why not."""
+
+    ready: bool
+    reasons: list[str]
+
+    @classmethod
+    def of(cls, st: Status) -> Readiness:
+        reasons = [] if st.state is State.RUNNING else [f"server {st.state.value}"]
+        reasons += [f"model {m.name} not listed" for m in st.models if not m.listed]
+        reasons += [f"model {m.name} failed" for m in st.models
+                    if m.health is ModelState.FAILED]
+        return cls(ready=not reasons, reasons=reasons)
+
+
 class ReloadResult(_Model):
     """The answer to ``reload`` (and SIGHUP, in the log): applied, or why not."""
 
@@ -264,7 +279,7 @@ def openapi() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
 
     _, defs = models_json_schema(
-        [(m, "serialization") for m in (Status, ReloadResult, CommandResult)],
+        [(m, "serialization") for m in (Status, Readiness, ReloadResult, CommandResult)],
         ref_template="#/components/schemas/{model}")
 
     def answer(model: str, what: str) -> dict[str, Any]:
@@ -287,6 +302,12 @@ def openapi() -> dict[str, Any]:
                                 "responses": {"200": answer("Status", "status")}}},
             "/healthz": {"get": {"summary": "the supervisor itself answers",
                                  "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "the server serves and every model is listed and "
+                                "not failed (for load balancers)",
+                                "responses": {"200": answer("Readiness", "ready"),
+                                              "503": answer("Readiness", "not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
+                                 "responses": {"200": {"description": "metrics"}}}},
             "/v1/status": {"get": {"summary": "control socket: status",
                                    "responses": {"200": answer("Status", "status")}}},
             "/v1/reload": {"post": {

@@ -133,6 +133,10 @@ async def test_requests_pass_through_unchanged(gateway_sup: Callable[..., Superv
     assert samples[(f"{prefix}_time_to_first_byte_seconds_count", (("model", "tiny-a"),))] == 2
     assert samples[(f"{prefix}_tokens_total", (("kind", "completion"), ("model", "tiny-a")))] \
         == a["completion_tokens"]
+    assert samples[("localai_supervisor_server_up", ())] == 1
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{sup.status_port}/readyz") as resp:
+        assert resp.status == 200 and await resp.json() == {"ready": True, "reasons": []}
     out = (await asyncio.to_thread(sup.ctl, "status")).stdout
     row = next(line.split("\t") for line in out.splitlines() if line.startswith("tiny-a\tyes"))
     assert row[4] == "2", out  # DONE
