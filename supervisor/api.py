@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from . import gpumem
 from .daemon import Daemon
 from .metrics import exposition
 from .settings import split_host_port
@@ -32,7 +34,8 @@ def _app(daemon: Daemon) -> web.Application:
                                  status=200 if ready.ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=exposition(daemon.metrics),
+        gpus = await asyncio.to_thread(gpumem.devices)  # NVML blocks: off the loop
+        return web.Response(body=exposition(daemon.metrics, gpus),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(request: web.Request) -> web.FileResponse:

@@ -32,7 +32,57 @@ def total_bytes() -> int | None:
     return _read("total")
 
 
-def _read(field: str) -> int | None:
+@dataclass(frozen=True)
+class GpuReading:
+    """One device as NVML reports it (for /metrics)."""
+
+    index: int
+    name: str
+    uuid: str
+    memory_used: int
+    memory_total: int
+    utilization: float | None
+    temperature: float | None
+    power_watts: float | None
+
+
+def devices() -> list[GpuReading]:
+    """Every GPU's memory, utilisation, temperature and power; empty without NVML. Blocking:
+    run it in a thread."""
+    nvml = _load()
+    if nvml is None:
+        return []
+    try:
+        return [_device(nvml, i) for i in range(nvml.nvmlDeviceGetCount())]
+    except nvml.NVMLError:
+        return []
+
+
+def _device(nvml: Any, index: int) -> GpuReading:
+    h = nvml.nvmlDeviceGetHandleByIndex(index)
+    mem = nvml.nvmlDeviceGetMemoryInfo(h)
+    return GpuReading(
+        index, _text(nvml.nvmlDeviceGetName(h)), _text(nvml.nvmlDeviceGetUUID(h)),
+        int(mem.used), int(mem.total),
+        _optional(lambda: float(nvml.nvmlDeviceGetUtilizationRates(h).gpu), nvml),
+        _optional(lambda: float(nvml.nvmlDeviceGetTemperature(h, 0)), nvml),
+        _optional(lambda: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0, nvml))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _optional(read: Callable[[], float], nvml: Any) -> float | None:
+    """Some devices do not report some readings (NVML_ERROR_NOT_SUPPORTED)."""
+    try:
+        return read()
+    except nvml.NVMLError:
+        return None
+
+
+def _load() -> Any:
+    """The initialised pynvml module, or None (no package, no driver, no GPU)."""
     global _nvml
     if _nvml is None:
         try:
@@ -46,15 +96,20 @@ def _read(field: str) -> int | None:
             _nvml = False
             return None
         _nvml = pynvml
-    if _nvml is False:
+    return _nvml or None
+
+
+def _read(field: str) -> int | None:
+    nvml = _load()
+    if nvml is None:
         return None
     try:
         total = 0
-        for i in range(_nvml.nvmlDeviceGetCount()):
-            info = _nvml.nvmlDeviceGetMemoryInfo(_nvml.nvmlDeviceGetHandleByIndex(i))
+        for i in range(nvml.nvmlDeviceGetCount()):
+            info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i))
             total += int(getattr(info, field))
         return total
-    except _nvml.NVMLError:
+    except nvml.NVMLError:
         return None
 
 

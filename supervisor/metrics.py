@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector
 
 from .classify import Cause
 from .gateway import Finished, GatewayObserver, Outcome
+from .gpumem import GpuReading
+from .gpumetrics import gpu_exposition
 from .modelhealth import ModelState
 from .policy import State
 from .status import GatewaySnapshot, Status
@@ -195,5 +197,6 @@ class StatusCollector(Collector):
                       st.drain.cut_off_requests)
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
+def exposition(registry: CollectorRegistry, gpus: list[GpuReading] | None = None) -> bytes:
+    """The registry's metrics, and the GPU readings when given."""
+    return generate_latest(registry) + (gpu_exposition(gpus) if gpus else b"")

@@ -61,3 +61,19 @@ async def test_readiness_says_why_not(h: Harness) -> None:
     await h.settle()
     ready = Readiness.of(h.daemon.status())
     assert not ready.ready and ready.reasons[0].startswith("server ")
+
+
+def test_gpu_readings_become_per_device_series_and_nothing_without_nvml() -> None:
+    from supervisor.gpumem import GpuReading
+    from supervisor.gpumetrics import gpu_exposition
+
+    reading = GpuReading(0, "NVIDIA H200", "GPU-89bc", 644939776, 150754820096, 12.0, 33.0,
+                         77.9)
+    samples = {(s.name, s.labels["gpu"]): s.value for f in text_string_to_metric_families(
+        gpu_exposition([reading]).decode()) for s in f.samples}
+    assert samples == {("localai_supervisor_gpu_memory_used_bytes", "0"): 644939776,
+                       ("localai_supervisor_gpu_memory_total_bytes", "0"): 150754820096,
+                       ("localai_supervisor_gpu_utilization_ratio", "0"): 0.12,
+                       ("localai_supervisor_gpu_temperature_celsius", "0"): 33.0,
+                       ("localai_supervisor_gpu_power_watts", "0"): 77.9}
+    assert gpu_exposition([]) == b""
