@@ -13,9 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import gpumem
 from .daemon import Daemon
+from .httpserver import QuietAppRunner
 from .metrics import exposition
 from .settings import split_host_port
 from .status import OPENAPI_FILE, Readiness
+
+# Their paths are short: a request line longer than this is junk (and its 400 echoes less).
+MAX_LINE = 1024
 
 log = structlog.get_logger("supervisor.api")
 
@@ -52,7 +56,7 @@ def _app(daemon: Daemon) -> web.Application:
 
 async def start_api(daemon: Daemon, address: str) -> Callable[[], Awaitable[None]]:
     host, port = split_host_port(address)
-    runner = web.AppRunner(_app(daemon), access_log=None)
+    runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -20,7 +20,11 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from .daemon import Daemon, ReloadRequest, RestartRequest
+from .httpserver import QuietAppRunner
 from .status import CommandResult, ReloadResult
+
+# Their paths are short: a request line longer than this is junk (and its 400 echoes less).
+MAX_LINE = 1024
 
 log = structlog.get_logger("supervisor.control")
 
@@ -87,7 +91,7 @@ async def start_control(daemon: Daemon, path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a stale socket from a crashed run
-    runner = web.AppRunner(_app(daemon), access_log=None)
+    runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE)
     await runner.setup()
     # Create the socket with the right mode from the start: no window where it is 0777.
     old_umask = os.umask(0o117)

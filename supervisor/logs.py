@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .settings import LogFormat
 
@@ -32,3 +33,41 @@ def configure(fmt: LogFormat = LogFormat.AUTO, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+# A bounded error text: whatever a client sent never makes a log line longer than this.
+MAX_ERROR_TEXT = 200
+
+
+class _StructlogHandler(logging.Handler):
+    """aiohttp's server errors (a malformed request, a handler's exception) as one structured
+    event each: the message and the exception cut to MAX_ERROR_TEXT, no traceback, no echo of
+    what the client sent."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        fields = {"error": record.getMessage()[:MAX_ERROR_TEXT],
+                  "exception": type(exc).__name__ if exc else None,
+                  "detail": str(exc)[:MAX_ERROR_TEXT] if exc else None,
+                  "action": "answered the client with an error; nothing else affected"}
+        logger = structlog.get_logger("supervisor.http")
+        if isinstance(exc, HttpProcessingError):  # the client's bytes were not HTTP
+            fields["action"] = "answered with a short error status; nothing else affected"
+            logger.warning("http.bad_request", **fields)
+        elif record.levelno >= logging.ERROR:
+            logger.error("http.request_failed", **fields)
+        elif record.levelno >= logging.WARNING:
+            logger.warning("http.request_failed", **fields)
+        else:
+            logger.debug("http.request_failed", **fields)
+
+
+def http_logger() -> logging.Logger:
+    """The logger the daemon's HTTP servers (status API, control socket, gateway) report
+    their errors to (aiohttp's ``logger`` argument)."""
+    logger = logging.getLogger("localai_supervisor.http")
+    if not logger.handlers:
+        logger.addHandler(_StructlogHandler())
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+    return logger

@@ -24,6 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .gateway import NO_MODEL, RETRY_AFTER, Arrived, Finished, Left, Outcome, Ticket
+from .httpserver import QuietAppRunner
 from .scheduler import Refusal
 from .settings import Settings, split_host_port
 
@@ -368,8 +369,8 @@ class GatewayListener:
 async def start_gateway(settings: Settings, proxy: Proxy, sock: socket.socket | None
                         ) -> GatewayListener:
     """Listen on the inherited socket (systemd socket activation) or on ``gateway.listen``."""
-    runner = web.AppRunner(proxy.app(), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=settings.health.drain_timeout)
+    runner = QuietAppRunner(proxy.app(), handler_cancellation=True,
+                            shutdown_timeout=settings.health.drain_timeout)
     await runner.setup()
     if sock is not None:
         site: web.BaseSite = web.SockSite(runner, sock)
