@@ -132,6 +132,8 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
             async with http.request(method, f"http://supervisor/v1/{command}",
                                     json=body) as resp:
                 data: dict[str, Any] = await resp.json()
+                if resp.status == 403:
+                    raise CtlError(str(data.get("error", "refused")), CTL_ERROR)
                 return data
     except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError) as exc:
         raise CtlError(f"cannot reach the daemon at {socket} ({exc.__class__.__name__}); is "

@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import grp
 import os
+import pwd
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,34 @@ log = structlog.get_logger("supervisor.control")
 COMMAND_TIMEOUT = 60.0
 MAX_REQUEST_BYTES = 64 * 1024
 COMMANDS = ("status", "reload", "restart")
+
+
+def peer_allowed(uid: int, groups: set[int], own_uid: int, socket_gid: int) -> bool:
+    """Who may command the daemon: root, the daemon's own user, or a member of the socket's
+    group -- the same people the socket's 0660 mode lets in, checked again on the peer's
+    credentials in case the mode was widened (or systemd's SocketMode differs)."""
+    return uid in (0, own_uid) or socket_gid in groups
+
+
+def _peer(request: web.Request) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of the unix socket."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def _socket_group_and_groups_of(path: Path, uid: int, gid: int) -> tuple[int, set[int]]:
+    """The socket file's group and every group of ``uid``. Blocking (NSS may ask a
+    directory service): call it off the loop."""
+    socket_gid = os.stat(path).st_gid
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return socket_gid, {gid}
+    return socket_gid, set(os.getgrouplist(name, gid))
 
 
 def _error(message: str, status: int) -> web.Response:
@@ -79,7 +110,24 @@ def _app(daemon: Daemon) -> web.Application:
         daemon.post(RestartRequest(restarted, model=model or None, force=bool(args.get("force"))))
         return await _reply(restarted)
 
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    @web.middleware
+    async def peers_only(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        peer = _peer(request)
+        if peer is not None:
+            pid, uid, gid = peer
+            socket_gid, groups = await asyncio.to_thread(
+                _socket_group_and_groups_of, daemon.settings.supervisor.control_socket, uid, gid)
+            if not peer_allowed(uid, groups, os.getuid(), socket_gid):
+                log.warning("control.refused", uid=uid, pid=pid,
+                            cause="not root, not the supervisor's user, not in the "
+                            "socket's group", action="answered 403")
+                return _error(f"uid {uid} may not command the supervisor: run as root, as "
+                              f"uid {os.getuid()}, or as a member of group {socket_gid}", 403)
+        return await handler(request)
+
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[peers_only])
     app.router.add_get("/v1/{command}", handle)
     app.router.add_post("/v1/{command}", handle)
     return app

@@ -198,3 +198,28 @@ async def test_a_refusal_is_an_openai_shaped_error_with_retry_after(tmp_path: Pa
             assert "stopped or failed" in error["message"]
     finally:
         await b.close()
+
+
+async def test_supervisorctl_says_in_one_line_why_the_daemon_refused_it(tmp_path: Path) -> None:
+    """The control socket's 403 (a peer not allowed) as the CLI reports it; a stand-in
+    socket here, the real refusal in tests/integration/test_control_peers.py."""
+    import pytest
+
+    from supervisor.cli import CTL_ERROR, CtlError, call
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"ok": False, "error": "uid 65534 may not command the "
+                                  "supervisor"}, status=403)
+
+    app = web.Application()
+    app.router.add_get("/v1/status", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = tmp_path / "c.sock"
+    await web.UnixSite(runner, str(sock)).start()
+    try:
+        with pytest.raises(CtlError) as err:
+            await call(sock, "status")
+        assert err.value.code == CTL_ERROR and "may not command" in str(err.value)
+    finally:
+        await runner.cleanup()
