@@ -1,6 +1,6 @@
 """Read-only HTTP status API (loopback by default): ``GET /status``, ``GET /healthz``,
-``GET /readyz`` (200/503 for load balancers), ``GET /metrics`` (Prometheus) and
-``GET /openapi.json`` (the document that describes them)."""
+``GET /readyz`` (200/503 for load balancers), ``GET /metrics`` (Prometheus),
+``GET /openapi.json`` (the document that describes them) and ``GET /`` (a status page)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from . import gpumem
 from .daemon import Daemon
 from .httpserver import QuietAppRunner
 from .metrics import exposition
+from .page import render_page
 from .settings import split_host_port
 from .status import OPENAPI_FILE, Readiness
 
@@ -31,6 +32,9 @@ def _app(daemon: Daemon) -> web.Application:
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=render_page(daemon.status()), content_type="text/html")
 
     async def readyz(request: web.Request) -> web.Response:
         ready = Readiness.of(daemon.status())
@@ -49,6 +53,7 @@ def _app(daemon: Daemon) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", page)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     return app

@@ -308,6 +308,8 @@ def openapi() -> dict[str, Any]:
                                               "503": answer("Readiness", "not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
                                  "responses": {"200": {"description": "metrics"}}}},
+            "/": {"get": {"summary": "a read-only HTML status page (refreshes itself)",
+                          "responses": {"200": {"description": "text/html"}}}},
             "/v1/status": {"get": {"summary": "control socket: status",
                                    "responses": {"200": answer("Status", "status")}}},
             "/v1/reload": {"post": {
