@@ -168,6 +168,11 @@ def ctl_main(argv: list[str] | None = None) -> None:
                        "returns when applied or rejected (with the reason)"),
         sub.add_parser("restart", help="restart the server now after draining requests in "
                        "flight (also leaves FATAL); with MODEL, restart only that model"),
+        sub.add_parser("stop", help="stop the server (after draining) and keep it stopped: "
+                       "maintenance, kept across reloads and supervisor restarts, shown in "
+                       "status; the supervisor keeps running"),
+        sub.add_parser("start", help="start the server again after `stop` (also leaves "
+                       "FATAL)"),
     ]
     commands[2].add_argument("model", nargs="?", metavar="MODEL",
                              help="restart only this model, in place")
@@ -235,6 +240,8 @@ def ctl_main(argv: list[str] | None = None) -> None:
         if args.command == "reload":
             what = "restarting onto" if result.get("restarting") else "unchanged at"
             print(f"reload applied: {what} revision {result.get('revision')}")
+        elif args.command in ("start", "stop"):
+            print(f"{args.command} requested (state {result.get('state')})")
         elif result.get("model"):
             print(f"restart of model {result['model']} requested")
         else:

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from .daemon import Daemon, ReloadRequest, RestartRequest
+from .daemon import Daemon, MaintenanceRequest, ReloadRequest, RestartRequest
 from .httpserver import QuietAppRunner
 from .status import CommandResult, ReloadResult
 
@@ -33,7 +33,7 @@ log = structlog.get_logger("supervisor.control")
 
 COMMAND_TIMEOUT = 60.0
 MAX_REQUEST_BYTES = 64 * 1024
-COMMANDS = ("status", "reload", "restart")
+COMMANDS = ("status", "reload", "restart", "start", "stop")
 
 
 def peer_allowed(uid: int, groups: set[int], own_uid: int, socket_gid: int) -> bool:
@@ -103,6 +103,10 @@ def _app(daemon: Daemon) -> web.Application:
             reloaded: asyncio.Future[ReloadResult] = loop.create_future()
             daemon.post(ReloadRequest(reloaded))
             return await _reply(reloaded)
+        if name in ("start", "stop"):
+            done: asyncio.Future[CommandResult] = loop.create_future()
+            daemon.post(MaintenanceRequest(done, on=name == "stop"))
+            return await _reply(done)
         model = args.get("model")
         if model is not None and not isinstance(model, str):
             return _error("model must be a string", 400)

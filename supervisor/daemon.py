@@ -69,7 +69,15 @@ from .runtime import (
     RuntimeConnection,
     make_runtime,
 )
-from .server import Diagnosed, Observed, ProbeCycleDone, Probed, ServerOwner, ServingChanged
+from .server import (
+    Diagnosed,
+    Observed,
+    ProbeCycleDone,
+    Probed,
+    ServerOwner,
+    ServingChanged,
+    maintenance_file,
+)
 from .settings import OnStop, Settings, SettingsError, load_settings
 from .status import CheckOutcome, CommandResult, Journal, ReloadResult, Status
 from .tasks import TaskSet
@@ -130,6 +138,14 @@ class SettingsRead:
     reply: asyncio.Future[ReloadResult]
     settings: Settings | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class MaintenanceRequest:
+    """``supervisorctl stop`` (on) or ``start`` (off)."""
+
+    reply: asyncio.Future[CommandResult]
+    on: bool
 
 
 @dataclass(frozen=True)
@@ -227,6 +243,7 @@ class Daemon:
             ReloadRequest: self._on_reload,
             SettingsRead: self._on_settings_read,
             RestartRequest: self._on_restart,
+            MaintenanceRequest: self._on_maintenance,
             SignalReceived: self._on_signal,
             ModelsBusy: self._on_models_busy,
         }
@@ -361,6 +378,20 @@ class Daemon:
         if self.gateway is not None:
             self.gateway.set_settings(new)
         self.config.request("reload", msg.reply)
+
+    def _on_maintenance(self, msg: MaintenanceRequest) -> None:
+        if msg.on:
+            self.server.operator_stop()
+        elif self.config.spec is None:
+            if not msg.reply.done():
+                msg.reply.set_result(CommandResult(ok=False, error="no valid configuration to "
+                                                   "start; fix it and run `supervisorctl "
+                                                   "reload`"))
+            return
+        else:
+            self.server.operator_start()
+        if not msg.reply.done():
+            msg.reply.set_result(CommandResult(ok=True, state=self.server.machine.state))
 
     def _on_restart(self, msg: RestartRequest) -> None:
         if msg.model:
@@ -501,6 +532,8 @@ class Daemon:
                  spec=self.config.spec.digest() if self.config.spec else None)
         if self.gateway is not None:
             self.gateway.set_gpu_total(await asyncio.to_thread(gpumem.total_bytes))
+        self.server.set_maintenance(
+            await asyncio.to_thread(maintenance_file(self.settings).exists))
         await self._runtime.open(self.post)
         self._tasks.spawn(self._effects.run())
         self.housekeeping()  # act on the boot's outcome (start or adopt) at once

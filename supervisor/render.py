@@ -24,6 +24,8 @@ def render_status(st: Status, tty: bool) -> str:
     state = st.state.value
     if st.reason and st.state is not State.RUNNING:
         state += f" ({st.reason})"
+    if st.maintenance:
+        state += " [maintenance: `supervisorctl start` to end it]"
     rows = [
         ("state", state),
         ("since", fmt_seconds(st.since_seconds)),

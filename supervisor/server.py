@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -37,6 +38,7 @@ from .policy import (
     Announce,
     EngineDown,
     EngineUp,
+    Escalate,
     Event,
     Exited,
     Intent,
@@ -128,6 +130,24 @@ class ServingChanged:
     down: bool = False
 
 
+def maintenance_file(settings: Settings) -> Path:
+    return settings.supervisor.state_dir / "maintenance"
+
+
+def _keep_maintenance(settings: Settings, on: bool) -> None:
+    """Blocking: record (or clear) `supervisorctl stop` in the state dir."""
+    path = maintenance_file(settings)
+    try:
+        if on:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("stopped by supervisorctl stop; supervisorctl start undoes it\n")
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("server.maintenance_not_kept", file=str(path), error=str(exc),
+                  action="in effect until the supervisor restarts, then forgotten")
+
+
 class ServerOwner:
     def __init__(self, settings: Settings, effects: EffectWorker, prober: Probing,
                  logs: Callable[[int, InstanceExited | None], Awaitable[list[str]]],
@@ -167,6 +187,9 @@ class ServerOwner:
         self._probing: str | None = None
         self._probe_again = False
         self._tasks = TaskSet()
+        # `supervisorctl stop`: the operator wants the server down until `start`; no config
+        # change, reload or escalation starts it (kept in state_dir across supervisor restarts).
+        self.maintenance = False
 
     # -- configuration -------------------------------------------------------------------
 
@@ -187,7 +210,26 @@ class ServerOwner:
 
     # -- the policy ----------------------------------------------------------------------
 
+    def set_maintenance(self, on: bool) -> None:
+        """At boot: the flag as the state dir kept it."""
+        self.maintenance = on
+
+    def operator_stop(self) -> None:
+        self.maintenance = True
+        log.info("server.maintenance", on=True, action="stopping the server until "
+                 "`supervisorctl start`")
+        self._tasks.spawn(asyncio.to_thread(_keep_maintenance, self._settings, True))
+        self.feed(Stop("operator: supervisorctl stop"))
+
+    def operator_start(self) -> None:
+        self.maintenance = False
+        log.info("server.maintenance", on=False, action="starting the server")
+        self._tasks.spawn(asyncio.to_thread(_keep_maintenance, self._settings, False))
+        self.feed(Start("operator: supervisorctl start"))
+
     def feed(self, event: Event) -> None:
+        if isinstance(event, Start | Restart | Escalate) and self.maintenance:
+            return  # stopped by the operator: only `supervisorctl start` starts it
         if isinstance(event, Start | Restart) and (
                 self._shutting_down or self._spec is None or self._booting):
             # Nothing to start onto, or the boot (adopt or start) already decides it.
@@ -252,6 +294,8 @@ class ServerOwner:
         if msg.instance is not None:
             self.feed(Adopted(msg.instance.token, msg.instance.ident[:12]))
             self._track(msg.instance)
+            if self.maintenance:  # still stopped by the operator: take it down again
+                self.feed(Stop("operator: supervisorctl stop (kept across a restart)"))
         else:
             self.feed(Start("supervisor start"))
 
@@ -503,4 +547,5 @@ class ServerOwner:
                 cause=fail.cause, hint=fail.hint, evidence=fail.evidence),
             drain=self._drain,
             retry_in_seconds=round(m.retry_at - now, 3) if m.retry_at is not None else None,
+            maintenance=self.maintenance,
         )

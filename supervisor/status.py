@@ -138,6 +138,8 @@ class ServerSnapshot(_Model):
     last_failure: FailureStatus | None
     drain: DrainStatus
     retry_in_seconds: float | None
+    maintenance: bool = Field(False, description="stopped by `supervisorctl stop` until "
+                              "`supervisorctl start`")
 
 
 class GatewayModelStatus(_Model):
@@ -200,6 +202,9 @@ class Status(_Model):
     drain: DrainStatus
     idle_seconds: float | None
     retry_in_seconds: float | None
+    maintenance: bool = Field(False, description="stopped by `supervisorctl stop` until "
+                              "`supervisorctl start` (survives reloads and restarts of the "
+                              "supervisor)")
     config: ConfigStatus
     models: list[ModelStatus]
     gateway: GatewaySnapshot | None = None
@@ -221,7 +226,8 @@ class Status(_Model):
             recent_failures=server.recent_failures, crash_looping=server.crash_looping,
             last_failure=server.last_failure, model_restarts=models.model_restarts,
             drain=server.drain, idle_seconds=models.idle_seconds,
-            retry_in_seconds=server.retry_in_seconds, config=config, models=models.models,
+            retry_in_seconds=server.retry_in_seconds, maintenance=server.maintenance,
+            config=config, models=models.models,
             gateway=gateway, recent_events=recent,
         )
 

@@ -1,0 +1,42 @@
+"""`supervisorctl stop` and `start` end to end: the real daemon, its socket, llama-server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from supervised import Supervised, model_entry
+from testbed import chat
+
+pytestmark = pytest.mark.integration
+
+
+def test_stop_survives_a_config_change_and_a_supervisor_restart_until_start(
+        make_process_supervised: Callable[..., Supervised]) -> None:
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf"}, gateway={"enabled": True})
+    sup.start()
+    sup.wait_running()
+    out = sup.ctl("stop")
+    assert out.returncode == 0 and "stop requested" in out.stdout, out
+    st = sup.wait_for(lambda s: s["state"] == "STOPPED", 30, "STOPPED")
+    assert st["maintenance"] is True
+    shown = sup.ctl("status")
+    assert shown.returncode == 1 and "maintenance" in shown.stdout
+    # The gateway says why, at once.
+    code, body = chat(sup.gateway_url, "tiny-a")
+    assert code == 503 and body["error"]["code"] == "server-down"
+    # A config change does not start it; nor does a restart of the supervisor.
+    sup.write_config({"tiny-a": "tiny-a.gguf"}, header="# edited\n")
+    sup.config_file.write_text(model_entry("tiny-a", "tiny-a.gguf", ctx=2048))
+    sup.wait_for(lambda s: s["config"]["checks"] >= 2, 30, "the edit checked")
+    assert sup.status()["state"] == "STOPPED"
+    assert sup.stop() == 0
+    sup.start()
+    st = sup.wait_for(lambda s: s["state"] == "STOPPED" and s["maintenance"], 30,
+                      "still in maintenance after the supervisor's restart")
+    out = sup.ctl("--json", "start")
+    assert out.returncode == 0 and json.loads(out.stdout)["ok"] is True
+    sup.wait_running()
+    assert chat(sup.gateway_url, "tiny-a")[0] == 200
+    assert sup.status()["maintenance"] is False
