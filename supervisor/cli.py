@@ -173,6 +173,8 @@ def ctl_main(argv: list[str] | None = None) -> None:
                        "status; the supervisor keeps running"),
         sub.add_parser("start", help="start the server again after `stop` (also leaves "
                        "FATAL)"),
+        sub.add_parser("models", help="each configured model: file, size, architecture, "
+                       "context, quantisation, loaded, health"),
     ]
     commands[2].add_argument("model", nargs="?", metavar="MODEL",
                              help="restart only this model, in place")
@@ -216,10 +218,19 @@ def ctl_main(argv: list[str] | None = None) -> None:
     if args.command == "restart":
         body = {"model": args.model, "force": args.force}
     try:
-        result = asyncio.run(call(socket, args.command, body or None))
+        result = asyncio.run(call(socket, "status" if args.command == "models"
+                                  else args.command, body or None))
     except CtlError as exc:
         print(f"supervisorctl: {exc}", file=sys.stderr)
         sys.exit(exc.code)
+    if args.command == "models":
+        from .render import render_models
+        from .status import Status
+
+        status = Status.model_validate(result)
+        print(json.dumps([m.model_dump(mode="json") for m in status.models], indent=2)
+              if args.json else render_models(status, sys.stdout.isatty()))
+        sys.exit(CTL_OK)
     if args.json:
         print(json.dumps(result, indent=2))
     if args.command == "status":

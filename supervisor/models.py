@@ -481,6 +481,7 @@ class ModelsOwner:
                 f = files.get(entry.name)
                 rec = self._records.get(entry.name) or _Record(mh.ModelHealth(entry.name))
                 h = rec.health
+                g = self._ggufs.get(entry.name)
                 out.append(ModelStatus(
                     name=entry.name, file=f.relpath if f else None, size=f.size if f else None,
                     listed=rec.is_listed, state=rec.listed,
@@ -488,6 +489,10 @@ class ModelsOwner:
                     last_probe_seconds_ago=round(now - h.last_probe, 3)
                     if h.last_probe is not None else None,
                     last_error=h.last_error, restarts=len(h.restarts),
-                    output_warning=rec.smoke_warning))
+                    output_warning=rec.smoke_warning,
+                    architecture=g.architecture if g else None,
+                    context_size=entry.context_size,
+                    trained_context=g.context_length if g else None,
+                    quantization=(g.quantization or g.file_type_name) if g else None))
         idle = mh.idle_for(list(self._samples), now, PROBE_WORK) if self._samples else None
         return ModelsSnapshot(models=out, model_restarts=self._model_restarts, idle_seconds=idle)

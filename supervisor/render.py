@@ -73,6 +73,28 @@ def render_status(st: Status, tty: bool) -> str:
     return "\n".join(lines)
 
 
+def render_models(st: Status, tty: bool) -> str:
+    """``supervisorctl models``: each configured model's file and header facts, and health."""
+    rows: list[tuple[str, ...]] = [("MODEL", "FILE", "SIZE", "ARCH", "CONTEXT", "TRAINED",
+                                    "QUANT", "LOADED", "HEALTH")]
+    for m in st.models:
+        rows.append((m.name, m.file or "-", _size(m.size), m.architecture or "-",
+                     str(m.context_size or "-"), str(m.trained_context or "-"),
+                     m.quantization or "-", "yes" if m.loaded else "no", m.health.value))
+    return "\n".join(_table(rows, tty))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 def _table(rows: list[tuple[str, ...]], tty: bool) -> list[str]:
     """Aligned columns on a terminal, tab-separated otherwise."""
     if not tty:

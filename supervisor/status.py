@@ -110,6 +110,11 @@ class ModelStatus(_Model):
     last_error: str | None
     restarts: int = Field(description="in-place restarts of this model (recent window)")
     output_warning: str | None = Field(description="what the output smoke check found")
+    architecture: str | None = Field(None, description="from the GGUF header")
+    context_size: int | None = Field(None, description="the config's context_size")
+    trained_context: int | None = Field(None, description="from the GGUF header")
+    quantization: str | None = Field(None, description="from the GGUF header (the type "
+                                     "holding most tensor bytes)")
 
 
 class RecentEvent(_Model):

@@ -40,3 +40,21 @@ def test_stop_survives_a_config_change_and_a_supervisor_restart_until_start(
     sup.wait_running()
     assert chat(sup.gateway_url, "tiny-a")[0] == 200
     assert sup.status()["maintenance"] is False
+
+
+def test_models_lists_each_models_file_and_header_facts(
+        make_process_supervised: Callable[..., Supervised]) -> None:
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"})
+    sup.start()
+    sup.wait_running()
+    piped = sup.ctl("models")
+    assert piped.returncode == 0, piped
+    rows = [line.split("\t") for line in piped.stdout.splitlines()]
+    assert rows[0] == ["MODEL", "FILE", "SIZE", "ARCH", "CONTEXT", "TRAINED", "QUANT",
+                       "LOADED", "HEALTH"]
+    a = next(r for r in rows if r[0] == "tiny-a")
+    assert a[1] == "tiny-a.gguf" and a[3] == "llama" and a[4] == "1024"
+    assert a[2].endswith(("KiB", "MiB")) and a[6] != "-"
+    as_json = json.loads(sup.ctl("models", "--json").stdout)
+    assert [m["name"] for m in as_json] == ["tiny-a", "tiny-b"]
+    assert as_json[0]["architecture"] == "llama" and as_json[0]["trained_context"]
