@@ -146,6 +146,32 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
         raise CtlError(f"the daemon did not answer within {timeout:g}s", CTL_ERROR) from exc
 
 
+async def _events(socket: Path, lines: int, follow: bool, as_json: bool) -> int:
+    """Print the daemon's recent events (and, following, new ones) as they come."""
+    from .render import render_event
+
+    query = f"n={lines}&follow={int(follow)}"
+    connector = aiohttp.UnixConnector(path=str(socket))
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=10)) as http, \
+                http.get(f"http://supervisor/v1/events?{query}") as resp:
+            if resp.status != 200:
+                data = await resp.json()
+                raise CtlError(str(data.get("error", f"HTTP {resp.status}")), CTL_ERROR)
+            async for raw in resp.content:
+                record = json.loads(raw)
+                print(raw.decode().rstrip("\n") if as_json else render_event(record),
+                      flush=True)
+    except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError):
+        print(f"supervisorctl: cannot reach the daemon at {socket}", file=sys.stderr)
+        return CTL_UNREACHABLE
+    except CtlError as exc:
+        print(f"supervisorctl: {exc}", file=sys.stderr)
+        return exc.code
+    return CTL_OK
+
+
 def ctl_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="supervisorctl",
@@ -175,7 +201,13 @@ def ctl_main(argv: list[str] | None = None) -> None:
                        "FATAL)"),
         sub.add_parser("models", help="each configured model: file, size, architecture, "
                        "context, quantisation, loaded, health"),
+        sub.add_parser("events", help="the supervisor's own recent structured events (a "
+                       "ring of the last 1,000); -f to follow"),
     ]
+    commands[-1].add_argument("-f", "--follow", action="store_true",
+                              help="keep printing new events until interrupted")
+    commands[-1].add_argument("-n", "--lines", type=int, default=20,
+                              help="how many recent events first (default 20)")
     commands[2].add_argument("model", nargs="?", metavar="MODEL",
                              help="restart only this model, in place")
     commands[2].add_argument("--force", action="store_true",
@@ -214,6 +246,11 @@ def ctl_main(argv: list[str] | None = None) -> None:
         except SettingsError as exc:
             print(f"supervisorctl: {exc}", file=sys.stderr)
             sys.exit(CTL_ERROR)
+    if args.command == "events":
+        try:
+            sys.exit(asyncio.run(_events(socket, args.lines, args.follow, args.json)))
+        except KeyboardInterrupt:
+            sys.exit(CTL_OK)
     body: dict[str, Any] = {}
     if args.command == "restart":
         body = {"model": args.model, "force": args.force}

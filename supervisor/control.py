@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import json
 import os
 import pwd
 import socket
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 
 from .daemon import Daemon, MaintenanceRequest, ReloadRequest, RestartRequest
 from .httpserver import QuietAppRunner
+from .logs import EVENTS
 from .status import CommandResult, ReloadResult
 
 # Their paths are short: a request line longer than this is junk (and its 400 echoes less).
@@ -62,6 +64,10 @@ def _socket_group_and_groups_of(path: Path, uid: int, gid: int) -> tuple[int, se
     except KeyError:
         return socket_gid, {gid}
     return socket_gid, set(os.getgrouplist(name, gid))
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, default=str).encode() + b"\n"
 
 
 def _error(message: str, status: int) -> web.Response:
@@ -114,6 +120,23 @@ def _app(daemon: Daemon) -> web.Application:
         daemon.post(RestartRequest(restarted, model=model or None, force=bool(args.get("force"))))
         return await _reply(restarted)
 
+    async def events(request: web.Request) -> web.StreamResponse:
+        """The last ``n`` events as JSON lines; with ``follow=1``, then every new one until
+        the client goes away."""
+        try:
+            n = int(request.query.get("n", "20"))
+        except ValueError:
+            return _error("n must be a number", 400)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        with EVENTS.follow() as live, contextlib.suppress(ConnectionError):
+            for record in EVENTS.recent(n):
+                await resp.write(_line(record))
+            while request.query.get("follow") == "1":
+                await resp.write(_line(await live.get()))
+            await resp.write_eof()
+        return resp
+
     @web.middleware
     async def peers_only(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -132,6 +155,7 @@ def _app(daemon: Daemon) -> web.Application:
         return await handler(request)
 
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[peers_only])
+    app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/{command}", handle)
     app.router.add_post("/v1/{command}", handle)
     return app
@@ -143,7 +167,9 @@ async def start_control(daemon: Daemon, path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a stale socket from a crashed run
-    runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE)
+    # At shutdown, followers of `events -f` (and commands the stopped loop will never
+    # answer) are let go after a second rather than holding the exit.
+    runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE, shutdown_timeout=1.0)
     await runner.setup()
     # Create the socket with the right mode from the start: no window where it is 0777.
     old_umask = os.umask(0o117)

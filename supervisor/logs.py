@@ -2,13 +2,68 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
+import threading
+from collections import deque
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .settings import LogFormat
+
+
+class EventRing:
+    """The daemon's last structured events, for ``supervisorctl events``, and live followers
+    (``-f``). A log sink, not state anyone decides from: a structlog processor feeds it, from
+    whichever thread logged."""
+
+    def __init__(self, keep: int = 1000, follower_backlog: int = 1000) -> None:
+        self._events: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._followers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = []
+        self._backlog = follower_backlog
+        self._lock = threading.Lock()
+
+    def __call__(self, logger: Any, method: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        record = {k: v if isinstance(v, str | int | float | bool | type(None) | list | dict)
+                  else str(v) for k, v in event_dict.items() if k != "exc_info"}
+        with self._lock:
+            self._events.append(record)
+            followers = list(self._followers)
+        for loop, queue in followers:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: it is leaving
+                loop.call_soon_threadsafe(_offer, queue, record)
+        return event_dict
+
+    def recent(self, n: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._events)[-n:] if n > 0 else []
+
+    @contextlib.contextmanager
+    def follow(self) -> Iterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of the events logged from now on (on the caller's loop)."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._backlog)
+        entry = (asyncio.get_running_loop(), queue)
+        with self._lock:
+            self._followers.append(entry)
+        try:
+            yield queue
+        finally:
+            with self._lock:
+                self._followers.remove(entry)
+
+
+def _offer(queue: asyncio.Queue[dict[str, Any]], record: dict[str, Any]) -> None:
+    with contextlib.suppress(asyncio.QueueFull):  # a follower that cannot keep up misses some
+        queue.put_nowait(record)
+
+
+EVENTS = EventRing()
 
 
 def configure(fmt: LogFormat = LogFormat.AUTO, level: str = "info") -> None:
@@ -26,6 +81,7 @@ def configure(fmt: LogFormat = LogFormat.AUTO, level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            EVENTS,
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -73,6 +73,14 @@ def render_status(st: Status, tty: bool) -> str:
     return "\n".join(lines)
 
 
+def render_event(record: dict[str, object]) -> str:
+    """One structured event as a line: time, level, event, then its fields."""
+    fields = " ".join(f"{k}={v}" for k, v in record.items()
+                      if k not in ("timestamp", "level", "event"))
+    return (f"{record.get('timestamp', '')} {record.get('level', '')!s:<7} "
+            f"{record.get('event', '')} {fields}").rstrip()
+
+
 def render_models(st: Status, tty: bool) -> str:
     """``supervisorctl models``: each configured model's file and header facts, and health."""
     rows: list[tuple[str, ...]] = [("MODEL", "FILE", "SIZE", "ARCH", "CONTEXT", "TRAINED",

@@ -58,3 +58,34 @@ def test_models_lists_each_models_file_and_header_facts(
     as_json = json.loads(sup.ctl("models", "--json").stdout)
     assert [m["name"] for m in as_json] == ["tiny-a", "tiny-b"]
     assert as_json[0]["architecture"] == "llama" and as_json[0]["trained_context"]
+
+
+def test_events_shows_recent_events_and_follows_new_ones(
+        make_process_supervised: Callable[..., Supervised]) -> None:
+    import subprocess
+    import time
+
+    from supervised import BIN
+
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf"})
+    sup.start()
+    sup.wait_running()
+    recent = sup.ctl("events", "-n", "1000")
+    assert recent.returncode == 0
+    assert " supervisor.started " in recent.stdout and " server.ready " in recent.stdout
+    as_json = [json.loads(line) for line in sup.ctl("events", "--json").stdout.splitlines()]
+    assert as_json and all({"event", "level", "timestamp"} <= set(e) for e in as_json)
+    follower = subprocess.Popen([str(BIN / "supervisorctl"), "-s", str(sup.socket), "events",
+                                 "-f", "-n", "0", "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        assert sup.ctl("restart").returncode == 0
+        sup.wait_for(lambda s: s["restarts"] == 1 and s["state"] == "RUNNING", 30, "restarted")
+        seen: list[str] = []
+        assert follower.stdout is not None
+        while "server.ready" not in seen:
+            seen.append(json.loads(follower.stdout.readline())["event"])
+        assert "server.state" in seen and "server.launched" in seen
+    finally:
+        follower.terminate()
+        follower.wait(10)
