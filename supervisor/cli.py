@@ -146,8 +146,9 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
         raise CtlError(f"the daemon did not answer within {timeout:g}s", CTL_ERROR) from exc
 
 
-async def _events(socket: Path, lines: int, follow: bool, as_json: bool) -> int:
-    """Print the daemon's recent events (and, following, new ones) as they come."""
+async def _stream(socket: Path, what: str, lines: int, follow: bool, as_json: bool) -> int:
+    """Print the daemon's recent events or the server's log (and, following, new lines) as
+    they come."""
     from .render import render_event
 
     query = f"n={lines}&follow={int(follow)}"
@@ -155,14 +156,17 @@ async def _events(socket: Path, lines: int, follow: bool, as_json: bool) -> int:
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=10)) as http, \
-                http.get(f"http://supervisor/v1/events?{query}") as resp:
+                http.get(f"http://supervisor/v1/{what}?{query}") as resp:
             if resp.status != 200:
                 data = await resp.json()
                 raise CtlError(str(data.get("error", f"HTTP {resp.status}")), CTL_ERROR)
             async for raw in resp.content:
-                record = json.loads(raw)
-                print(raw.decode().rstrip("\n") if as_json else render_event(record),
-                      flush=True)
+                text = raw.decode("utf-8", "replace").rstrip("\n")
+                if what == "events" and not as_json:
+                    text = render_event(json.loads(raw))
+                elif what == "logs" and as_json:
+                    text = json.dumps({"line": text})
+                print(text, flush=True)
     except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError):
         print(f"supervisorctl: cannot reach the daemon at {socket}", file=sys.stderr)
         return CTL_UNREACHABLE
@@ -204,10 +208,13 @@ def ctl_main(argv: list[str] | None = None) -> None:
         sub.add_parser("events", help="the supervisor's own recent structured events (a "
                        "ring of the last 1,000); -f to follow"),
     ]
-    commands[-1].add_argument("-f", "--follow", action="store_true",
-                              help="keep printing new events until interrupted")
-    commands[-1].add_argument("-n", "--lines", type=int, default=20,
-                              help="how many recent events first (default 20)")
+    commands.append(sub.add_parser("logs", help="the server's log (the container's, or the "
+                                   "process's log file); -f to follow"))
+    for streamed, default in ((commands[-2], 20), (commands[-1], 50)):
+        streamed.add_argument("-f", "--follow", action="store_true",
+                              help="keep printing new lines until interrupted")
+        streamed.add_argument("-n", "--lines", type=int, default=default,
+                              help=f"how many recent lines first (default {default})")
     commands[2].add_argument("model", nargs="?", metavar="MODEL",
                              help="restart only this model, in place")
     commands[2].add_argument("--force", action="store_true",
@@ -246,9 +253,10 @@ def ctl_main(argv: list[str] | None = None) -> None:
         except SettingsError as exc:
             print(f"supervisorctl: {exc}", file=sys.stderr)
             sys.exit(CTL_ERROR)
-    if args.command == "events":
+    if args.command in ("events", "logs"):
         try:
-            sys.exit(asyncio.run(_events(socket, args.lines, args.follow, args.json)))
+            sys.exit(asyncio.run(_stream(socket, args.command, args.lines, args.follow,
+                                         args.json)))
         except KeyboardInterrupt:
             sys.exit(CTL_OK)
     body: dict[str, Any] = {}

@@ -137,6 +137,27 @@ def _app(daemon: Daemon) -> web.Application:
             await resp.write_eof()
         return resp
 
+    async def logs(request: web.Request) -> web.StreamResponse:
+        """The server's last ``n`` log lines; with ``follow=1``, then new ones as written."""
+        try:
+            n = int(request.query.get("n", "50"))
+        except ValueError:
+            return _error("n must be a number", 400)
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for line in await daemon.server_log(n) if n > 0 else []:
+                await resp.write(line.encode() + b"\n")
+            if request.query.get("follow") == "1":
+                follow = daemon.follow_server_log()
+                try:
+                    async for line in follow:
+                        await resp.write(line.encode() + b"\n")
+                finally:
+                    await follow.aclose()  # type: ignore[attr-defined]
+            await resp.write_eof()
+        return resp
+
     @web.middleware
     async def peers_only(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -156,6 +177,7 @@ def _app(daemon: Daemon) -> web.Application:
 
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[peers_only])
     app.router.add_get("/v1/events", events)
+    app.router.add_get("/v1/logs", logs)
     app.router.add_get("/v1/{command}", handle)
     app.router.add_post("/v1/{command}", handle)
     return app
@@ -167,9 +189,11 @@ async def start_control(daemon: Daemon, path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a stale socket from a crashed run
-    # At shutdown, followers of `events -f` (and commands the stopped loop will never
-    # answer) are let go after a second rather than holding the exit.
-    runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE, shutdown_timeout=1.0)
+    # At shutdown, followers of `events -f` / `logs -f` (and commands the stopped loop will
+    # never answer) are let go after a second rather than holding the exit; a follower whose
+    # client went away is cancelled at once (handler_cancellation), not at its next line.
+    runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE, shutdown_timeout=1.0,
+                            handler_cancellation=True)
     await runner.setup()
     # Create the socket with the right mode from the start: no window where it is 0777.
     old_umask = os.umask(0o117)

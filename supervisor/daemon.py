@@ -19,7 +19,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,6 +488,13 @@ class Daemon:
             config=self.config.snapshot(), models=self.models.snapshot(now),
             recent=self.journal.recent(10),
             gateway=self.gateway.snapshot() if self.gateway is not None else None)
+
+    async def server_log(self, lines: int) -> list[str]:
+        """The last ``lines`` of the server's log (read by the runtime off the loop)."""
+        return await self._runtime.logs(lines)
+
+    def follow_server_log(self) -> AsyncIterator[str]:
+        return self._runtime.follow_logs()
 
     def status_line(self) -> str:
         """The systemd STATUS= text."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -123,6 +123,11 @@ class Runtime(Protocol):
     async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
         """The last ``lines`` of the server's log; with ``exited``, of that dead instance
         only (it may already have been relaunched)."""
+        ...
+
+    def follow_logs(self) -> AsyncIterator[str]:
+        """The server's log lines from now on, as they are written (``supervisorctl logs
+        -f``); ends only when the caller stops reading."""
         ...
 
     async def close(self) -> None:

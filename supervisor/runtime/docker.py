@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -39,6 +40,9 @@ from .base import (
 LABEL_MANAGED = "io.localai-supervisor.managed"
 LABEL_SPEC = "io.localai-supervisor.spec"
 LABEL_REVISION = "io.localai-supervisor.revision"
+
+# Lines a follower of the server's log may lag behind before it misses some.
+FOLLOW_BACKLOG = 10_000
 
 log = structlog.get_logger("supervisor.runtime.docker")
 
@@ -450,6 +454,48 @@ class DockerRuntime:
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return exited
         return replace(exited, oom_killed=oom)
+
+    async def follow_logs(self) -> AsyncIterator[str]:
+        """Docker's own log follow, read by a thread of its own (the stream blocks); when
+        the container goes away or is replaced, it attaches again from where it left off."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str] = asyncio.Queue(FOLLOW_BACKLOG)
+        stop = threading.Event()
+        current: list[Any] = []
+
+        def offer(line: str) -> None:
+            with contextlib.suppress(asyncio.QueueFull):  # a reader that cannot keep up
+                lines.put_nowait(line)
+
+        def pump() -> None:
+            since = int(time.time())
+            while not stop.is_set():
+                try:
+                    container = self._get()
+                    if container is not None:
+                        stream = container.logs(stream=True, follow=True, since=since)
+                        current[:] = [stream]
+                        pending = b""
+                        for chunk in stream:
+                            since = int(time.time())
+                            *done, pending = (pending + chunk).split(b"\n")
+                            for raw in done:
+                                loop.call_soon_threadsafe(offer, raw.decode("utf-8", "replace"))
+                except (docker.errors.DockerException, requests.exceptions.RequestException,
+                        RuntimeError):
+                    pass  # the engine or the container went away: look again shortly
+                stop.wait(0.5)
+
+        thread = threading.Thread(target=pump, name="docker-logs-follow", daemon=True)
+        thread.start()
+        try:
+            while True:
+                yield await lines.get()
+        finally:
+            stop.set()
+            for stream in current:
+                with contextlib.suppress(Exception):
+                    stream.close()
 
     async def logs(self, lines: int, exited: InstanceExited | None = None) -> list[str]:
         # A relaunch restarts the same container and its log goes on: a dead instance's

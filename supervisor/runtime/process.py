@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
@@ -64,6 +65,30 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+FOLLOW_POLL_SECONDS = 0.25
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> tuple[int, bytes]:
+    """(the new offset, the bytes after ``offset``); from 0 when the file got shorter."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size < offset:
+                offset = 0
+            fh.seek(offset)
+            data = fh.read(1 << 20)
+    except OSError:
+        return offset, b""
+    return offset + len(data), data
 
 
 class ProcessRuntime:
@@ -203,6 +228,20 @@ class ProcessRuntime:
             return list(deque(text, maxlen=lines))
 
         return await asyncio.to_thread(tail)
+
+    async def follow_logs(self) -> AsyncIterator[str]:
+        """Reads only what was appended since the last look (every FOLLOW_POLL_SECONDS); a
+        log rotated or truncated meanwhile is followed from its start."""
+        offset = await asyncio.to_thread(_size_of, self.log_path)
+        pending = b""
+        while True:
+            offset, chunk = await asyncio.to_thread(_read_from, self.log_path, offset)
+            if not chunk:
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)
+                continue
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", "replace")
 
     async def close(self) -> None:
         if self._waiter is not None and not self._waiter.done():

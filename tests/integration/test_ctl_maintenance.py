@@ -89,3 +89,32 @@ def test_events_shows_recent_events_and_follows_new_ones(
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_logs_shows_the_servers_log_and_follows_it(
+        make_process_supervised: Callable[..., Supervised]) -> None:
+    import subprocess
+
+    from supervised import BIN
+    from testbed import chat
+
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf"})
+    sup.start()
+    sup.wait_running()
+    recent = sup.ctl("logs", "-n", "200")
+    assert recent.returncode == 0 and "llama" in recent.stdout.lower(), recent
+    assert len(sup.ctl("logs", "-n", "5").stdout.splitlines()) == 5
+    follower = subprocess.Popen([str(BIN / "supervisorctl"), "-s", str(sup.socket), "logs",
+                                 "-f", "-n", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert chat(sup.server_url, "tiny-a")[0] == 200  # the server logs the request
+        assert follower.stdout is not None
+        for _ in range(500):
+            line = follower.stdout.readline()
+            if "tiny-a" in line or "chat/completions" in line or "prompt eval" in line:
+                break
+        else:
+            raise AssertionError("the request never showed in the followed log")
+    finally:
+        follower.terminate()
+        follower.wait(10)
