@@ -21,6 +21,8 @@ from .status import OPENAPI_FILE, Readiness
 
 # Their paths are short: a request line longer than this is junk (and its 400 echoes less).
 MAX_LINE = 1024
+# Status API requests handled at once (the rest wait their turn, in order).
+API_CONCURRENCY = 4
 
 log = structlog.get_logger("supervisor.api")
 
@@ -28,7 +30,8 @@ log = structlog.get_logger("supervisor.api")
 def _app(daemon: Daemon) -> web.Application:
     # Reads a snapshot only: the status is assembled on the loop's thread, nothing mutates.
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(daemon.status().model_dump(mode="json"))
+        return web.Response(text=daemon.status().model_dump_json(),
+                            content_type="application/json")
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -49,7 +52,19 @@ def _app(daemon: Daemon) -> web.Application:
     async def openapi(request: web.Request) -> web.FileResponse:
         return web.FileResponse(OPENAPI_FILE, headers={"Content-Type": "application/json"})
 
-    app = web.Application(client_max_size=1024)
+    # A burst of scrapes (1,000 at once) is served a few at a time: the loop's ready queue
+    # then holds a handful of them, not all, so the control socket and the gateway, on the
+    # same loop, are not kept waiting behind the whole burst.
+    turns = asyncio.Semaphore(API_CONCURRENCY)
+
+    @web.middleware
+    async def in_turn(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
+        async with turns:
+            return await handler(request)
+
+    app = web.Application(client_max_size=1024, middlewares=[in_turn])
     app.router.add_get("/status", status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
