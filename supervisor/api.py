@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -23,11 +25,13 @@ from .status import OPENAPI_FILE, Readiness
 MAX_LINE = 1024
 # Status API requests handled at once (the rest wait their turn, in order).
 API_CONCURRENCY = 4
+# With a token set, these still answer without it (liveness and readiness checks).
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 log = structlog.get_logger("supervisor.api")
 
 
-def _app(daemon: Daemon) -> web.Application:
+def _app(daemon: Daemon, token: str | None = None) -> web.Application:
     # Reads a snapshot only: the status is assembled on the loop's thread, nothing mutates.
     async def status(request: web.Request) -> web.Response:
         return web.Response(text=daemon.status().model_dump_json(),
@@ -61,6 +65,14 @@ def _app(daemon: Daemon) -> web.Application:
     async def in_turn(request: web.Request,
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
+        if token is not None and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                log.warning("api.unauthorized", path=request.path[:100],
+                            cause="no or wrong bearer token", action="answered 401")
+                return web.json_response({"error": "a bearer token is required "
+                                          "(supervisor.status_api_token_file)"}, status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
         async with turns:
             return await handler(request)
 
@@ -74,9 +86,18 @@ def _app(daemon: Daemon) -> web.Application:
     return app
 
 
+def _read_token(path: Path) -> str:
+    token = path.read_text().strip()
+    if not token:
+        raise OSError(f"{path} is empty")
+    return token
+
+
 async def start_api(daemon: Daemon, address: str) -> Callable[[], Awaitable[None]]:
     host, port = split_host_port(address)
-    runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE)
+    token_file = daemon.settings.supervisor.status_api_token_file
+    token = await asyncio.to_thread(_read_token, token_file) if token_file else None
+    runner = QuietAppRunner(_app(daemon, token), max_line_size=MAX_LINE)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

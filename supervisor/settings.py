@@ -63,6 +63,8 @@ class SupervisorSection(_Section):
     control_socket_group: str | None = None
     # host:port of the read-only status API; empty disables it.
     status_api: str = "127.0.0.1:40081"
+    # A file holding a bearer token the status API then asks for (but on /healthz, /readyz).
+    status_api_token_file: Path | None = None
     on_stop: OnStop = OnStop.STOP
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"

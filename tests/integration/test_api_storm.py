@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -53,3 +54,39 @@ async def test_a_thousand_scrapes_at_once_leave_the_daemon_responsive(
     assert set(codes) == {200}
     assert took < 1.0
     assert grew < 20
+
+
+def test_with_a_token_file_the_status_api_asks_for_the_bearer_token(
+        make_process_supervised: Callable[..., Supervised], tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf"},
+                                  supervisor={"status_api_token_file": str(token_file)})
+    sup.start()
+    base = f"http://127.0.0.1:{sup.status_port}"
+
+    def get(path: str, token: str | None = None) -> int:
+        req = urllib.request.Request(base + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except urllib.error.URLError:
+            return 0  # not listening yet
+
+    deadline = time.monotonic() + 60
+    while get("/readyz") != 200:  # open without the token
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.2)
+    assert get("/healthz") == 200
+    for path in ("/status", "/metrics", "/"):
+        assert get(path) == 401 and get(path, "wrong") == 401
+        assert get(path, "s3cret-token") == 200
+    log = sup.logs(400)
+    assert '"api.unauthorized"' in log and "s3cret-token" not in log
