@@ -128,7 +128,7 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
         ) as http:
-            method = "GET" if command == "status" else "POST"
+            method = "GET" if command in ("status", "version") else "POST"
             async with http.request(method, f"http://supervisor/v1/{command}",
                                     json=body) as resp:
                 data: dict[str, Any] = await resp.json()
@@ -210,14 +210,20 @@ def ctl_main(argv: list[str] | None = None) -> None:
     ]
     commands.append(sub.add_parser("logs", help="the server's log (the container's, or the "
                                    "process's log file); -f to follow"))
-    for streamed, default in ((commands[-2], 20), (commands[-1], 50)):
+    commands.append(sub.add_parser("version", help="versions: supervisorctl, the daemon, the "
+                                   "engine as it reports itself, the image"))
+    commands[0].add_argument("model", nargs="?", metavar="MODEL",  # status
+                             help="one model's details (exit 1 unless it is listed and not "
+                             "failing)")
+    by_name = {c.prog.split()[-1]: c for c in commands}
+    for streamed, default in ((by_name["events"], 20), (by_name["logs"], 50)):
         streamed.add_argument("-f", "--follow", action="store_true",
                               help="keep printing new lines until interrupted")
         streamed.add_argument("-n", "--lines", type=int, default=default,
                               help=f"how many recent lines first (default {default})")
-    commands[2].add_argument("model", nargs="?", metavar="MODEL",
+    by_name["restart"].add_argument("model", nargs="?", metavar="MODEL",
                              help="restart only this model, in place")
-    commands[2].add_argument("--force", action="store_true",
+    by_name["restart"].add_argument("--force", action="store_true",
                              help="do not wait for requests in flight")
     check = sub.add_parser(
         "check", help="validate a model config, the models dir and the settings without a "
@@ -268,6 +274,34 @@ def ctl_main(argv: list[str] | None = None) -> None:
     except CtlError as exc:
         print(f"supervisorctl: {exc}", file=sys.stderr)
         sys.exit(exc.code)
+    if args.command == "version":
+        result["supervisorctl"] = __version__
+        if not args.json:
+            for key in ("supervisorctl", "supervisor", "engine", "engine_version", "runtime",
+                        "image", "spec"):
+                print(f"{key}\t{result.get(key) or '-'}" if not sys.stdout.isatty()
+                      else f"{key:<15} {result.get(key) or '-'}")
+        else:
+            print(json.dumps(result, indent=2))
+        sys.exit(CTL_OK)
+    if args.command == "status" and args.model:
+        from .status import Status
+
+        status = Status.model_validate(result)
+        found = next((m for m in status.models if m.name == args.model), None)
+        if found is None:
+            print(f"supervisorctl: no model {args.model!r} in the applied config (models: "
+                  f"{', '.join(m.name for m in status.models)})", file=sys.stderr)
+            sys.exit(CTL_ERROR)
+        data = found.model_dump(mode="json")
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            for key, value in data.items():
+                shown = "-" if value is None else value
+                print(f"{key:<22} {shown}" if sys.stdout.isatty() else f"{key}\t{shown}")
+        ok = found.listed and found.health.value not in ("failing", "restarting", "failed")
+        sys.exit(CTL_OK if ok else CTL_UNHEALTHY)
     if args.command == "models":
         from .render import render_models
         from .status import Status

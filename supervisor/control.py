@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from . import __version__
 from .daemon import Daemon, MaintenanceRequest, ReloadRequest, RestartRequest
 from .httpserver import QuietAppRunner
 from .logs import EVENTS
@@ -137,6 +138,14 @@ def _app(daemon: Daemon) -> web.Application:
             await resp.write_eof()
         return resp
 
+    async def version(request: web.Request) -> web.Response:
+        st = daemon.status()
+        return web.json_response({
+            "supervisor": __version__, "engine": st.engine.value, "runtime": st.runtime.value,
+            "engine_version": await daemon.engine_version(),
+            "image": st.instance.image if st.instance else None,
+            "spec": st.config.spec, "state": st.state.value})
+
     async def logs(request: web.Request) -> web.StreamResponse:
         """The server's last ``n`` log lines; with ``follow=1``, then new ones as written."""
         try:
@@ -178,6 +187,7 @@ def _app(daemon: Daemon) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[peers_only])
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/logs", logs)
+    app.router.add_get("/v1/version", version)
     app.router.add_get("/v1/{command}", handle)
     app.router.add_post("/v1/{command}", handle)
     return app

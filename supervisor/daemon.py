@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -100,6 +101,8 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
+# How long `supervisorctl version` waits for the engine to say its version.
+VERSION_TIMEOUT = 5.0
 # After the gateway's per-request messages, housekeeping runs at most this often.
 HOT_HOUSEKEEPING_SECONDS = 0.05
 _HOT_MESSAGES = frozenset({Arrived, Finished, Left})
@@ -488,6 +491,16 @@ class Daemon:
             config=self.config.snapshot(), models=self.models.snapshot(now),
             recent=self.journal.recent(10),
             gateway=self.gateway.snapshot() if self.gateway is not None else None)
+
+    async def engine_version(self) -> str | None:
+        """What the running engine says its version is (None: it does not answer)."""
+        status, text = await self._prober.call(self._engine.version_call(), VERSION_TIMEOUT)
+        if status != 200:
+            return None
+        try:
+            return self._engine.version(json.loads(text))
+        except ValueError:
+            return None
 
     async def server_log(self, lines: int) -> list[str]:
         """The last ``lines`` of the server's log (read by the runtime off the loop)."""

@@ -86,6 +86,14 @@ class EngineAdapter(Protocol):
         """Restart one model without restarting the server."""
         ...
 
+    def version_call(self) -> Call:
+        """Where the running engine says its version."""
+        ...
+
+    def version(self, body: Any) -> str | None:
+        """The version in ``version_call``'s answer."""
+        ...
+
     def unload_call(self, model: str) -> Call:
         """Unload one model now (the gateway does this before a swap)."""
         ...

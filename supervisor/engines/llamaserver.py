@@ -172,6 +172,15 @@ class LlamaServerEngine:
         return [Call("POST", "/models/unload", {"model": model}),
                 Call("POST", "/models/load", {"model": model})]
 
+    def version_call(self) -> Call:
+        return Call("GET", "/props")
+
+    def version(self, body: Any) -> str | None:
+        """``/props``' ``build_info`` (``b<build>-<commit>``; a build without git says
+        ``b0-unknown``)."""
+        value = body.get("build_info") if isinstance(body, dict) else None
+        return str(value) if value else None
+
     def unload_call(self, model: str) -> Call:
         return Call("POST", "/models/unload", {"model": model})
 

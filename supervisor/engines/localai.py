@@ -78,6 +78,14 @@ class LocalAIEngine:
         # The backend is reloaded lazily by the next request (the next probe).
         return [Call("POST", "/backend/shutdown", {"model": model})]
 
+    def version_call(self) -> Call:
+        return Call("GET", "/version")
+
+    def version(self, body: Any) -> str | None:
+        """``{"version": "v4.9.0"}`` (core/http/endpoints/localai)."""
+        value = body.get("version") if isinstance(body, dict) else None
+        return str(value) if value else None
+
     def unload_call(self, model: str) -> Call:
         # Since v4.8.0: 200 stopped / 404 not loaded; before: 200, or 500 when not loaded.
         return Call("POST", "/backend/shutdown", {"model": model})

@@ -118,3 +118,17 @@ def test_logs_shows_the_servers_log_and_follows_it(
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_version_and_one_models_status(
+        make_process_supervised: Callable[..., Supervised]) -> None:
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf"})
+    sup.start()
+    sup.wait_running()
+    version = json.loads(sup.ctl("version", "--json").stdout)
+    assert version["engine"] == "llama-server" and version["supervisor"]
+    assert version["engine_version"] == "b0-unknown"  # /props' build_info of this build
+    one = sup.ctl("status", "tiny-a")
+    assert one.returncode == 0 and "tiny-a.gguf" in one.stdout, one
+    missing = sup.ctl("status", "nosuch")
+    assert missing.returncode == 2 and "no model 'nosuch'" in missing.stderr

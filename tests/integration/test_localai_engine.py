@@ -65,6 +65,8 @@ def test_localai_command_line_env_and_readiness(supervised: Supervised,
     assert env["LOCALAI_PARALLEL_REQUESTS"] == "true" and env["PYTHON_GRPC_MAX_WORKERS"] == "8"
     assert env["LOCALAI_LOG_LEVEL"] == "debug"  # the settings override the default
     assert [m["listed"] for m in st["models"]] == [True, True]
+    version = json.loads(sup.ctl("version", "--json").stdout)
+    assert version["engine"] == "localai" and version["engine_version"] == "v4.9.0"
     code, body = chat(sup.server_url, "tiny-b")
     assert code == 200 and body["model"] == "tiny-b"
     # A config edit that drops a model restarts onto a config LocalAI lists in full.
