@@ -23,6 +23,8 @@ from .status import OPENAPI_FILE, Readiness
 
 # Their paths are short: a request line longer than this is junk (and its 400 echoes less).
 MAX_LINE = 1024
+# A connection that has not sent a whole request within this long (or sits idle) is closed.
+SLOW_CLIENT_SECONDS = 10.0
 # Status API requests handled at once (the rest wait their turn, in order).
 API_CONCURRENCY = 4
 # With a token set, these still answer without it (liveness and readiness checks).
@@ -97,7 +99,8 @@ async def start_api(daemon: Daemon, address: str) -> Callable[[], Awaitable[None
     host, port = split_host_port(address)
     token_file = daemon.settings.supervisor.status_api_token_file
     token = await asyncio.to_thread(_read_token, token_file) if token_file else None
-    runner = QuietAppRunner(_app(daemon, token), max_line_size=MAX_LINE)
+    runner = QuietAppRunner(_app(daemon, token), max_line_size=MAX_LINE,
+                            keepalive_timeout=SLOW_CLIENT_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -31,6 +31,8 @@ from .status import CommandResult, ReloadResult
 
 # Their paths are short: a request line longer than this is junk (and its 400 echoes less).
 MAX_LINE = 1024
+# A connection that has not sent a whole request within this long (or sits idle) is closed.
+SLOW_CLIENT_SECONDS = 10.0
 
 log = structlog.get_logger("supervisor.control")
 
@@ -203,7 +205,7 @@ async def start_control(daemon: Daemon, path: Path,
     # never answer) are let go after a second rather than holding the exit; a follower whose
     # client went away is cancelled at once (handler_cancellation), not at its next line.
     runner = QuietAppRunner(_app(daemon), max_line_size=MAX_LINE, shutdown_timeout=1.0,
-                            handler_cancellation=True)
+                            handler_cancellation=True, keepalive_timeout=SLOW_CLIENT_SECONDS)
     await runner.setup()
     # Create the socket with the right mode from the start: no window where it is 0777.
     old_umask = os.umask(0o117)

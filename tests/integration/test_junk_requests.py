@@ -54,3 +54,26 @@ def test_a_megabyte_of_junk_gets_a_short_answer_and_a_bounded_log_line(
     for line in added.splitlines():
         assert len(line) < 2000, line[:300]
         json.loads(line)  # one JSON event per line: no traceback
+
+
+def test_a_client_that_never_finishes_its_request_is_let_go(
+        make_process_supervised: Callable[..., Supervised]) -> None:
+    import time
+
+    from supervisor.api import SLOW_CLIENT_SECONDS
+
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf"})
+    sup.start()
+    sup.wait_for(lambda s: s["state"] in ("STARTING", "RUNNING"), 60, "started")
+    tcp = socket.create_connection(("127.0.0.1", sup.status_port))
+    unix = socket.socket(socket.AF_UNIX)
+    unix.connect(str(sup.socket))
+    started = time.monotonic()
+    for sock in (tcp, unix):
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n")  # and never the end
+        sock.settimeout(SLOW_CLIENT_SECONDS + 5)
+    for sock in (tcp, unix):
+        assert sock.recv(100) == b""  # closed by the daemon
+        sock.close()
+    assert time.monotonic() - started < SLOW_CLIENT_SECONDS + 5
+    sup.status()  # and it still serves
