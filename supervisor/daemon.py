@@ -51,7 +51,7 @@ from .gateway import (
     UnloadDone,
 )
 from .health import Prober, Probing
-from .metrics import GatewayGauges, GatewayMetrics, StatusCollector
+from .metrics import GatewayGauges, GatewayMetrics, ProbeMetrics, StatusCollector
 from .models import (
     ModelProbed,
     ModelRestarted,
@@ -194,6 +194,7 @@ class Daemon:
         self.metrics = CollectorRegistry(auto_describe=True)
         self.metrics.register(StatusCollector(self.status))
         self.metrics.register(ProcessCollector(registry=None))
+        self._probe_metrics = ProbeMetrics(self.metrics)
         self.gateway = (GatewayOwner(settings, engine, self._prober, self.post, clock,
                                      observe=GatewayMetrics(self.metrics),
                                      notify=self._notices.append)
@@ -238,7 +239,7 @@ class Daemon:
             Start: self.server.feed,
             Stop: self.server.feed,
             Restart: self.server.feed,
-            ModelProbed: self.models.on_probed,
+            ModelProbed: self._on_model_probed,
             ModelRestarted: self.models.on_restarted,
             ModelRestored: self.models.on_restored,
             Smoked: self.models.on_smoked,
@@ -313,7 +314,14 @@ class Daemon:
             self.gateway.configure(msg.models, msg.ggufs)
         self.server.configure(msg.spec, first=msg.first, reason=msg.reason)
 
+    def _on_model_probed(self, msg: ModelProbed) -> None:
+        result = "skipped" if msg.skipped else "ok" if msg.ok else "failed"
+        self._probe_metrics.observe("model", msg.name, result, msg.seconds)
+        self.models.on_probed(msg)
+
     def _on_probed(self, msg: Probed) -> None:
+        self._probe_metrics.observe(msg.result.probe.value, "-",
+                                    "ok" if msg.result.ok else "failed", msg.seconds)
         if msg.seen is not None:
             self.models.on_seen(msg.result.instance, msg.seen)
         self.server.on_probed(msg)

@@ -101,6 +101,22 @@ class GatewayGauges(Collector):
 
 
 SUP = "localai_supervisor"
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class ProbeMetrics:
+    """Probe durations and results, by probe kind and model (``-`` for server probes)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(f"{SUP}_probe_duration_seconds", "How long probes took",
+                                  ("probe", "model"), buckets=PROBE_BUCKETS, registry=registry)
+        self.results = Counter(f"{SUP}_probe_results", "Probe outcomes",
+                               ("probe", "model", "result"), registry=registry)
+
+    def observe(self, probe: str, model: str, result: str, seconds: float | None) -> None:
+        self.results.labels(probe, model, result).inc()
+        if seconds is not None:
+            self.duration.labels(probe, model).observe(seconds)
 
 
 class StatusCollector(Collector):
@@ -155,6 +171,11 @@ class StatusCollector(Collector):
         if st.retry_in_seconds is not None:
             yield gauge("server_backoff_seconds", "Seconds until the next start attempt",
                         st.retry_in_seconds)
+        failures = counter("server_failures", "Server failures by the cause its log named",
+                           labels=("cause",))
+        for c in Cause:
+            failures.add_metric((c.value,), st.failures_by_cause.get(c, 0))
+        yield failures
         last = gauge("server_last_failure", "1 for the cause of the latest failure",
                      labels=("cause",))
         for c in Cause:

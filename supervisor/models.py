@@ -81,6 +81,8 @@ class ModelProbed:
     # A load test of an unloaded model: what was loaded before it is restored afterwards.
     load_test: bool = False
     restore: tuple[str, ...] = ()
+    # How long the probe request took (for /metrics).
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -274,23 +276,26 @@ class ModelsOwner:
         window = max(2 * self._rules.timeout, PROGRESS_WINDOW_MIN)
         before = None if probe.allow_load else (
             await self._prober.activity([name], timeout=window)).work
+        started = self._clock()
         status, text = await self._prober.call(call, probe.timeout)
+        took = self._clock() - started
         if status == 200:
             self._post(ModelProbed(token, name, True, "", load_test=probe.allow_load,
-                                   restore=restore))
+                                   restore=restore, seconds=took))
             return
         if status == 400 and "not loaded" in text:
-            self._post(ModelProbed(token, name, False, text[:200], skipped=True))
+            self._post(ModelProbed(token, name, False, text[:200], skipped=True, seconds=took))
             return
         detail = f"HTTP {status}: {text[:300]}" if status else text
         if status == 0 and before is not None:
             moved = await self._progress(name, before, window)
             if moved:
                 self._post(ModelProbed(token, name, False, f"busy, not hung: {detail} while "
-                                       f"it decoded {moved:g} more batch(es)", skipped=True))
+                                       f"it decoded {moved:g} more batch(es)", skipped=True,
+                                       seconds=took))
                 return
         self._post(ModelProbed(token, name, False, detail, load_test=probe.allow_load,
-                               restore=restore))
+                               restore=restore, seconds=took))
 
     async def _progress(self, name: str, before: float, window: float) -> float:
         """How far the model's decode counter moved past ``before`` within ``window``

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from .classify import Diagnosis, diagnose
+from .classify import Cause, Diagnosis, diagnose
 from .effects import (
     EffectWorker,
     Find,
@@ -93,6 +93,8 @@ class Probed:
 
     result: ProbeResult
     seen: ModelsSeen | None = None
+    # How long the probe took (for /metrics).
+    seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class ServerOwner:
         # Exits the runtime reported before the launch that made the instance reported back.
         self._early_exits: dict[str, InstanceExited] = {}
         self._restarts_by_reason: Counter[RestartReason] = Counter()
+        self._failures_by_cause: Counter[Cause] = Counter()
         self._drain = DrainStatus()
         self._last_failure: Diagnosis | None = None
         self._runtime_connected = True
@@ -376,6 +379,7 @@ class ServerOwner:
     def on_diagnosed(self, msg: Diagnosed) -> None:
         d = msg.diagnosis
         self._last_failure = d
+        self._failures_by_cause[d.cause] += 1
         what = {State.STARTING: "relaunched at once", State.BACKOFF: "relaunching after a "
                 "backoff", State.WAITING: "relaunching once the container engine is back",
                 State.FATAL: "gave up (FATAL)"}.get(msg.then, f"now {msg.then.value}")
@@ -446,12 +450,14 @@ class ServerOwner:
         """Liveness, then readiness, then (serving) what is loaded and how busy it is."""
         alive = False
         try:
+            started = self._clock()
             live = await self._prober.liveness(token)
             alive = live.ok
-            self._post(Probed(live))
+            self._post(Probed(live, seconds=self._clock() - started))
             if live.ok:
+                started = self._clock()
                 ready, seen = await self._prober.readiness(token, expected)
-                self._post(Probed(ready, seen))
+                self._post(Probed(ready, seen, seconds=self._clock() - started))
                 if ready.ok and not starting:
                     # llama-server's readiness answer already says what is loaded.
                     loaded = seen.loaded if seen.loaded is not None else await self._prober.loaded()
@@ -548,4 +554,5 @@ class ServerOwner:
             drain=self._drain,
             retry_in_seconds=round(m.retry_at - now, 3) if m.retry_at is not None else None,
             maintenance=self.maintenance,
+            failures_by_cause=dict(self._failures_by_cause),
         )

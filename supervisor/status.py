@@ -145,6 +145,7 @@ class ServerSnapshot(_Model):
     retry_in_seconds: float | None
     maintenance: bool = Field(False, description="stopped by `supervisorctl stop` until "
                               "`supervisorctl start`")
+    failures_by_cause: dict[Cause, int] = Field(default_factory=dict)
 
 
 class GatewayModelStatus(_Model):
@@ -210,6 +211,9 @@ class Status(_Model):
     maintenance: bool = Field(False, description="stopped by `supervisorctl stop` until "
                               "`supervisorctl start` (survives reloads and restarts of the "
                               "supervisor)")
+    failures_by_cause: dict[Cause, int] = Field(
+        default_factory=dict, description="server failures since the supervisor started, by "
+        "the cause its log named")
     config: ConfigStatus
     models: list[ModelStatus]
     gateway: GatewaySnapshot | None = None
@@ -232,6 +236,7 @@ class Status(_Model):
             last_failure=server.last_failure, model_restarts=models.model_restarts,
             drain=server.drain, idle_seconds=models.idle_seconds,
             retry_in_seconds=server.retry_in_seconds, maintenance=server.maintenance,
+            failures_by_cause=server.failures_by_cause,
             config=config, models=models.models,
             gateway=gateway, recent_events=recent,
         )

@@ -35,6 +35,7 @@ def test_documented_values_are_the_defaults(tmp_path: Path) -> None:
     doc = tomllib.loads(_uncommented())
     # Settings whose default is "unset" show an example value instead.
     doc["supervisor"].pop("control_socket_group")
+    doc["supervisor"].pop("status_api_token_file")
     doc["server"].pop("gpu_memory_gb")
     doc["llama_server"].pop("models_max")
     doc["docker"].pop("host")

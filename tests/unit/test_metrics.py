@@ -53,6 +53,12 @@ async def test_the_servers_state_restarts_and_failure_cause_are_series(h: Harnes
     assert m[("localai_supervisor_server_restarts_total", (("reason", "crash"),))] == 1
     assert m[("localai_supervisor_server_last_failure",
               (("cause", "model-load-failed"),))] == 1
+    assert m[("localai_supervisor_server_failures_total",
+              (("cause", "model-load-failed"),))] == 1
+    probes = {k: v for k, v in m.items() if k[0] == "localai_supervisor_probe_results_total"}
+    assert any(("probe", "liveness") in k[1] and ("result", "ok") in k[1] and v >= 1
+               for k, v in probes.items()), probes
+    assert any(k[0] == "localai_supervisor_probe_duration_seconds_count" for k in m)
 
 
 async def test_readiness_says_why_not(h: Harness) -> None:
