@@ -178,6 +178,11 @@ class ConfigOwner:
 
         self._task = asyncio.ensure_future(run())
 
+    @property
+    def checking(self) -> bool:
+        """A check of the files is running (its outcome is still to come)."""
+        return self._running is not None
+
     def recheck_due(self, now: float) -> bool:
         return self._recheck_at is not None and now >= self._recheck_at and self._running is None
 

@@ -214,6 +214,8 @@ class Daemon:
         self._shutdown: _Shutdown | None = None
         self._stopping_hooks: list[Callable[[], None]] = []
         self._housekeeping_due = 0.0
+        self._deferred_restarts: list[RestartRequest] = []
+        self._applied_meanwhile = False
         self._status_line = ""
         self._tasks = TaskSet()
         self._watcher: Watcher | None = None
@@ -306,7 +308,21 @@ class Daemon:
             self._notifier.status(line)
 
     def _on_validated(self, msg: Validated) -> None:
-        self.config.on_validated(msg)
+        outcome, _ = self.config.on_validated(msg)
+        if self._deferred_restarts and outcome is CheckOutcome.APPLIED:
+            self._applied_meanwhile = True
+        if self._deferred_restarts and not self.config.checking:
+            deferred, self._deferred_restarts = self._deferred_restarts, []
+            applied, self._applied_meanwhile = self._applied_meanwhile, False
+            # A config that was just applied restarts the server onto it anyway: one restart
+            # serves those who asked for one meanwhile.
+            for request in deferred:
+                if applied:
+                    if not request.reply.done():
+                        request.reply.set_result(CommandResult(
+                            ok=True, state=self.server.machine.state))
+                else:
+                    self._on_restart(request)
 
     def _on_config_applied(self, msg: ConfigApplied) -> None:
         self.models.configure(msg.models, msg.ggufs)
@@ -409,6 +425,11 @@ class Daemon:
             error = self.models.operator_restart(msg.model)
             result = CommandResult(ok=error is None, state=self.server.machine.state,
                                    model=msg.model, error=error)
+        elif self.config.checking:
+            # A reload (or a file change) is being checked: restart after it, onto what it
+            # decides, rather than now onto what is about to be replaced.
+            self._deferred_restarts.append(msg)
+            return
         elif self.config.spec is None:
             result = CommandResult(ok=False, error="no valid configuration to start; fix it "
                                    "and run `supervisorctl reload`")

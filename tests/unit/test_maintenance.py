@@ -81,3 +81,28 @@ async def test_a_supervisor_restart_keeps_the_maintenance(tmp_path: Path) -> Non
     await third.settle()
     assert third.state == "STOPPED" and third.runtime.launched == []
     await third.close()
+
+
+async def test_a_restart_asked_during_a_reload_waits_for_it_and_restarts_once(
+        h: Harness) -> None:
+    from supervisor.daemon import ReloadRequest, RestartRequest
+    from supervisor.status import ReloadResult
+
+    await h.start()
+    await h.running()
+    config = h.settings.server.model_config_file
+    config.write_text(config.read_text().replace("context_size: 1024", "context_size: 2048"))
+    loop = asyncio.get_running_loop()
+    reloads: list[asyncio.Future[ReloadResult]] = [loop.create_future() for _ in range(2)]
+    restarted: asyncio.Future[CommandResult] = loop.create_future()
+    h.daemon.post(ReloadRequest(reloads[0]))
+    h.daemon.post(ReloadRequest(reloads[1]))  # coalesced with the first
+    h.daemon.post(RestartRequest(restarted))  # waits for the reload's outcome
+    await h.until(lambda: all(f.done() for f in (*reloads, restarted)), "the answers")
+    assert [f.result().applied for f in reloads] == [True, True]
+    assert restarted.result().ok
+    await h.running()
+    st = h.daemon.status()
+    # One restart, onto the new config: not one onto the old config and another.
+    assert st.restarts == 1 and h.runtime.launched == ["t1", "t2"]
+    assert st.restarts_by_reason == {RestartReason.CONFIG_CHANGE: 1}
