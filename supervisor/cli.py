@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +147,14 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
         raise CtlError(f"the daemon did not answer within {timeout:g}s", CTL_ERROR) from exc
 
 
-async def _stream(socket: Path, what: str, lines: int, follow: bool, as_json: bool) -> int:
+async def _stream(socket: Path, what: str, lines: int, follow: bool, as_json: bool,
+                  model: str | None = None) -> int:
     """Print the daemon's recent events or the server's log (and, following, new lines) as
     they come."""
     from .render import render_event
 
-    query = f"n={lines}&follow={int(follow)}"
+    query = f"n={lines}&follow={int(follow)}" + (
+        f"&model={urllib.parse.quote(model, safe='')}" if model else "")
     connector = aiohttp.UnixConnector(path=str(socket))
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
@@ -216,6 +219,9 @@ def ctl_main(argv: list[str] | None = None) -> None:
                              help="one model's details (exit 1 unless it is listed and not "
                              "failing)")
     by_name = {c.prog.split()[-1]: c for c in commands}
+    by_name["logs"].add_argument("model", nargs="?", metavar="MODEL",
+                                 help="only this model's log (LocalAI: its backend's own log; "
+                                 "llama-server: its lines in the router's log)")
     for streamed, default in ((by_name["events"], 20), (by_name["logs"], 50)):
         streamed.add_argument("-f", "--follow", action="store_true",
                               help="keep printing new lines until interrupted")
@@ -262,7 +268,7 @@ def ctl_main(argv: list[str] | None = None) -> None:
     if args.command in ("events", "logs"):
         try:
             sys.exit(asyncio.run(_stream(socket, args.command, args.lines, args.follow,
-                                         args.json)))
+                                         args.json, getattr(args, "model", None))))
         except KeyboardInterrupt:
             sys.exit(CTL_OK)
     body: dict[str, Any] = {}

@@ -154,13 +154,19 @@ def _app(daemon: Daemon) -> web.Application:
             n = int(request.query.get("n", "50"))
         except ValueError:
             return _error("n must be a number", 400)
+        model = request.query.get("model")
+        if model and model not in {m.name for m in daemon.status().models}:
+            return _error(f"no model {model!r} in the applied config", 404)
         resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
         await resp.prepare(request)
         with contextlib.suppress(ConnectionError):
-            for line in await daemon.server_log(n) if n > 0 else []:
+            recent = (await daemon.model_log(model, n) if model else
+                      await daemon.server_log(n) if n > 0 else [])
+            for line in recent:
                 await resp.write(line.encode() + b"\n")
             if request.query.get("follow") == "1":
-                follow = daemon.follow_server_log()
+                follow = (daemon.follow_model_log(model) if model
+                          else daemon.follow_server_log())
                 try:
                     async for line in follow:
                         await resp.write(line.encode() + b"\n")

@@ -40,7 +40,7 @@ from .effects import (
     TerminateDone,
     UnpauseDone,
 )
-from .engines import engine_for
+from .engines import Call, engine_for
 from .gateway import (
     Arrived,
     DrainRequest,
@@ -101,8 +101,12 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
-# How long `supervisorctl version` waits for the engine to say its version.
+# How long `supervisorctl version` (and `logs MODEL`) wait for the engine to answer.
 VERSION_TIMEOUT = 5.0
+# `logs MODEL` on llama-server: this many lines of the router's log are searched.
+MODEL_LOG_SCAN = 20_000
+# `logs -f MODEL` on LocalAI: its per-model log is asked for again this often.
+MODEL_LOG_POLL_SECONDS = 1.0
 # After the gateway's per-request messages, housekeeping runs at most this often.
 HOT_HOUSEKEEPING_SECONDS = 0.05
 _HOT_MESSAGES = frozenset({Arrived, Finished, Left})
@@ -537,6 +541,43 @@ class Daemon:
 
     def follow_server_log(self) -> AsyncIterator[str]:
         return self._runtime.follow_logs()
+
+    async def model_log(self, model: str, lines: int) -> list[str]:
+        """One model's log: the engine's own per-model log (LocalAI), or its lines picked
+        out of the server's (llama-server's router)."""
+        call = self._engine.model_log_call(model)
+        if call is not None:
+            return [text for _, text in await self._model_log_entries(call)][-lines:] \
+                if lines > 0 else []
+        accept = self._engine.model_log_filter(model)
+        picked = [line for line in await self._runtime.logs(MODEL_LOG_SCAN) if accept(line)]
+        return picked[-lines:] if lines > 0 else []
+
+    async def follow_model_log(self, model: str) -> AsyncIterator[str]:
+        call = self._engine.model_log_call(model)
+        if call is not None:  # a per-model log: ask for it again, print what is new
+            seen = max((ts for ts, _ in await self._model_log_entries(call)), default="")
+            while True:
+                await asyncio.sleep(MODEL_LOG_POLL_SECONDS)
+                for ts, text in await self._model_log_entries(call):
+                    if ts > seen:
+                        seen = ts
+                        yield text
+        accept = self._engine.model_log_filter(model)
+        for line in await self._runtime.logs(MODEL_LOG_SCAN):
+            accept(line)  # learn which child is this model's
+        async for line in self._runtime.follow_logs():
+            if accept(line):
+                yield line
+
+    async def _model_log_entries(self, call: Call) -> list[tuple[str, str]]:
+        status, text = await self._prober.call(call, VERSION_TIMEOUT)
+        if status != 200:
+            return []
+        try:
+            return self._engine.model_log_lines(json.loads(text))
+        except ValueError:
+            return []
 
     def status_line(self) -> str:
         """The systemd STATUS= text."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,6 +85,19 @@ class EngineAdapter(Protocol):
 
     def restart_model_calls(self, model: str) -> list[Call]:
         """Restart one model without restarting the server."""
+        ...
+
+    def model_log_call(self, model: str) -> Call | None:
+        """Where the engine keeps one model's own log (None: it is in the server's log)."""
+        ...
+
+    def model_log_lines(self, body: Any) -> list[tuple[str, str]]:
+        """(timestamp, line) for each line ``model_log_call`` returned, oldest first."""
+        ...
+
+    def model_log_filter(self, model: str) -> Callable[[str], bool]:
+        """Picks one model's lines out of the server's log (engines without a per-model
+        log: ``model_log_call`` is None)."""
         ...
 
     def version_call(self) -> Call:

@@ -8,6 +8,8 @@ chat template instead.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -107,6 +109,29 @@ def render_preset(models: ModelSet, models_dir: str) -> str:
     return "\n".join(lines)
 
 
+_SPAWN = re.compile(r"spawning server instance with name=(\S+) on port (\d+)")
+
+
+class RouterLogFilter:
+    """Which lines of the router's log are one model's: the router's own lines that name it,
+    and its child's, which the router prefixes with the child's port (``[36575] ...``); the
+    port is learned from the line that spawns the child, so it follows reloads."""
+
+    def __init__(self, model: str) -> None:
+        self._named = re.compile(rf"name={re.escape(model)}(?![\w.-])")
+        self._model = model
+        self._prefix: str | None = None
+
+    def accept(self, line: str) -> bool:
+        spawned = _SPAWN.search(line)
+        if spawned is not None and spawned.group(1) == self._model:
+            self._prefix = f"[{spawned.group(2)}]"
+            return True
+        if self._named.search(line):
+            return True
+        return self._prefix is not None and line.startswith(self._prefix)
+
+
 # llama-server's own --models-max default.
 DEFAULT_MODELS_MAX = 4
 
@@ -171,6 +196,15 @@ class LlamaServerEngine:
     def restart_model_calls(self, model: str) -> list[Call]:
         return [Call("POST", "/models/unload", {"model": model}),
                 Call("POST", "/models/load", {"model": model})]
+
+    def model_log_call(self, model: str) -> Call | None:
+        return None  # the router writes its children's output into its own log
+
+    def model_log_lines(self, body: Any) -> list[tuple[str, str]]:
+        return []
+
+    def model_log_filter(self, model: str) -> Callable[[str], bool]:
+        return RouterLogFilter(model).accept
 
     def version_call(self) -> Call:
         return Call("GET", "/props")

@@ -8,6 +8,7 @@ which lists configured models only, not loaded ones (see ../shared/LOCALAI-NOTES
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -77,6 +78,21 @@ class LocalAIEngine:
     def restart_model_calls(self, model: str) -> list[Call]:
         # The backend is reloaded lazily by the next request (the next probe).
         return [Call("POST", "/backend/shutdown", {"model": model})]
+
+    def model_log_call(self, model: str) -> Call | None:
+        # Since v4.1.0: the backend process's stdout/stderr, kept per model.
+        return Call("GET", f"/api/backend-logs/{quote(model, safe='')}")
+
+    def model_log_lines(self, body: Any) -> list[tuple[str, str]]:
+        """``[{"timestamp", "stream", "text"}, ...]`` (pkg/model/backend_log_store.go)."""
+        if not isinstance(body, list):
+            return []
+        return [(str(item.get("timestamp", "")),
+                 f"{item.get('timestamp', '')} {item.get('stream', '')} {item.get('text', '')}")
+                for item in body if isinstance(item, dict)]
+
+    def model_log_filter(self, model: str) -> Callable[[str], bool]:
+        return lambda line: True  # not used: LocalAI keeps a log per model
 
     def version_call(self) -> Call:
         return Call("GET", "/version")

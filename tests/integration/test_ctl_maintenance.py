@@ -132,3 +132,20 @@ def test_version_and_one_models_status(
     assert one.returncode == 0 and "tiny-a.gguf" in one.stdout, one
     missing = sup.ctl("status", "nosuch")
     assert missing.returncode == 2 and "no model 'nosuch'" in missing.stderr
+
+
+def test_logs_of_one_model_are_its_childs_lines_in_the_routers_log(
+        make_process_supervised: Callable[..., Supervised]) -> None:
+    from testbed import chat
+
+    sup = make_process_supervised({"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"})
+    sup.start()
+    sup.wait_running()
+    assert chat(sup.server_url, "tiny-a")[0] == 200
+    assert chat(sup.server_url, "tiny-b")[0] == 200
+    a = sup.ctl("logs", "tiny-a", "-n", "500")
+    assert a.returncode == 0, a
+    assert "name=tiny-a" in a.stdout and "tiny-a.gguf" in a.stdout
+    assert "name=tiny-b" not in a.stdout and "tiny-b.gguf" not in a.stdout
+    missing = sup.ctl("logs", "nosuch")
+    assert missing.returncode == 2 and "no model 'nosuch'" in missing.stderr

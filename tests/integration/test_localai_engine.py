@@ -68,6 +68,10 @@ def test_localai_command_line_env_and_readiness(supervised: Supervised,
     version = json.loads(sup.ctl("version", "--json").stdout)
     assert version["engine"] == "localai" and version["engine_version"] == "v4.9.0"
     code, body = chat(sup.server_url, "tiny-b")
+    # The model's own backend log (GET /api/backend-logs/tiny-b).
+    backend = sup.ctl("logs", "tiny-b")
+    assert backend.returncode == 0 and "stderr llama_perf_context_print: tiny-b" in \
+        backend.stdout, backend
     assert code == 200 and body["model"] == "tiny-b"
     # A config edit that drops a model restarts onto a config LocalAI lists in full.
     sup.write_config({"tiny-a": "tiny-a.gguf"})

@@ -307,3 +307,23 @@ def test_engines_describe_calls_and_never_load_to_read_activity(kind: Engine) ->
     for call in calls:
         assert call.path.startswith("/")
         assert "autoload=true" not in call.path
+
+
+def test_the_router_log_filter_keeps_one_models_lines_by_its_childs_port() -> None:
+    from supervisor.engines.llamaserver import RouterLogFilter
+
+    log = [
+        "0.00.578.564 I srv  ensure_model: slot available, loading queued model name=tiny-a",
+        "0.00.578.600 I srv          load: spawning server instance with name=tiny-a on port 41677",
+        "[41677] 0.00.003.975 I srv    load_model: loading model 'tiny-a.gguf'",
+        "0.03.807.774 I srv        unload: stopping model instance name=tiny-a",
+        "0.13.850.643 I srv          load: spawning server instance with name=tiny-b on port 52477",
+        "[52477] 0.00.004.025 I srv    load_model: loading model 'tiny-b.gguf'",
+        "0.14.743.305 I srv  ensure_model: slot available, loading queued model name=tiny-ab",
+        "0.14.743.366 I srv          load: spawning server instance with name=tiny-a on port 39971",
+        "[41677] a late line of the old child",
+        "[39971] 0.00.003.906 I srv    load_model: loading model 'tiny-a.gguf'",
+    ]
+    accept = RouterLogFilter("tiny-a").accept
+    assert [line for line in log if accept(line)] == [log[0], log[1], log[2], log[3], log[7],
+                                                      log[9]]
