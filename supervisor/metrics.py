@@ -23,7 +23,7 @@ from .gpumem import GpuReading
 from .gpumetrics import gpu_exposition
 from .modelhealth import ModelState
 from .policy import State
-from .status import GatewaySnapshot, Status
+from .status import CheckOutcome, GatewaySnapshot, Status
 from .vocab import RestartReason
 
 PREFIX = "localai_supervisor_gateway"
@@ -197,6 +197,11 @@ class StatusCollector(Collector):
         if cfg.last_check_at is not None:
             yield gauge("config_last_check_timestamp_seconds", "When the files were last "
                         "checked (Unix seconds)", cfg.last_check_at)
+        outcome = gauge("config_last_check", "1 for what the latest check (reload, file "
+                        "change) concluded", labels=("outcome",))
+        for o in CheckOutcome:
+            outcome.add_metric((o.value,), 1.0 if cfg.last_check is o else 0.0)
+        yield outcome
         listed = gauge("model_listed", "1 when the server lists the model", labels=("model",))
         loaded = gauge("model_loaded", "1 when the model is loaded", labels=("model",))
         health = gauge("model_health", "1 for the model's health state",

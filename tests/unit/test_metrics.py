@@ -42,6 +42,7 @@ async def test_the_servers_state_restarts_and_failure_cause_are_series(h: Harnes
     assert any(k[0] == "localai_supervisor_config_info" and ("revision", revision) in k[1]
                for k in m)
     assert m[("localai_supervisor_model_listed", (("model", "tiny-a"),))] == 1
+    assert m[("localai_supervisor_config_last_check", (("outcome", "applied"),))] == 1
     assert ("process_resident_memory_bytes", ()) in m
     assert Readiness.of(h.daemon.status()) == Readiness(ready=True, reasons=[])
 
