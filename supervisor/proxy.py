@@ -33,6 +33,8 @@ log = structlog.get_logger("supervisor.gateway")
 # A request whose connect was refused (the server died between admission and connect) asks
 # again after this pause, keeping its place; the server owner learns of the death meanwhile.
 REQUEUE_PAUSE = 0.1
+# A request the server dropped before answering is asked again this many times at most.
+MAX_DISCONNECT_RETRIES = 1
 CONNECT_TIMEOUT = 10.0
 # Paths that name a model but are not inference: they never start a swap.
 _ADMIN_PREFIXES = ("/backend/", "/models/", "/api/", "/system", "/metrics", "/props", "/slots")
@@ -159,18 +161,21 @@ class Proxy:
         model = model_of(request.method, request.path, request.query,
                          request.headers.get("Content-Type", ""), body)
         arrived = self._clock()
+        disconnects = 0
         while True:
             rid = next(self._ids)
             ticket = await self._wait_turn(rid, model, arrived)
             if ticket.refusal is not None:
                 return self._refusal(ticket, model)
-            resp = await self._forward(rid, request, body)
+            resp, why = await self._forward(rid, request, body,
+                                            retry_disconnect=disconnects < MAX_DISCONNECT_RETRIES)
             if resp is not None:
                 return resp
-            # Connect refused: the server just died. Wait for our turn again, in place.
+            disconnects += why == "disconnected"
+            # The server just died: wait for our turn again, in place.
             log.info("gateway.requeued", model=(model or NO_MODEL)[:100],
-                     cause="connection to the server refused (it just stopped?)",
-                     action="waiting for it again, in place")
+                     cause=f"connection to the server {why} before any answer (it just "
+                     "stopped?)", action="waiting for it again, in place")
             await asyncio.sleep(REQUEUE_PAUSE)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
@@ -238,10 +243,12 @@ class Proxy:
             resp.force_close()
         return resp
 
-    async def _forward(self, rid: int, request: web.Request, body: bytes
-                       ) -> web.StreamResponse | None:
-        """Pass one admitted request through. None when the connect was refused (nothing
-        reached the server: the caller queues it again)."""
+    async def _forward(self, rid: int, request: web.Request, body: bytes, *,
+                       retry_disconnect: bool) -> tuple[web.StreamResponse | None, str]:
+        """Pass one admitted request through. No response (and why) when the server refused
+        the connection, or closed it before answering while ``retry_disconnect``: the caller
+        queues the request again (an inference with no answer yet can be asked again; once
+        only, so a request that kills the server cannot loop)."""
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in _HOP_BY_HOP)
         if request.remote:
@@ -258,18 +265,21 @@ class Proxy:
                 resp, outcome, usage = await self._relay(request, up)
         except aiohttp.ClientConnectorError:
             self._post(Finished(rid, Outcome.UPSTREAM_FAILED, counted=False))
-            return None
+            return None, "refused"
+        except aiohttp.ServerDisconnectedError:
+            if not retry_disconnect:
+                self._post(Finished(rid, Outcome.UPSTREAM_FAILED, ttfb))
+                return _bad_gateway("ServerDisconnectedError"), ""
+            self._post(Finished(rid, Outcome.UPSTREAM_FAILED, counted=False))
+            return None, "disconnected"
         except asyncio.CancelledError:
             self._post(Finished(rid, Outcome.CLIENT_GONE, ttfb))
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:  # before any answer (_relay
             self._post(Finished(rid, Outcome.UPSTREAM_FAILED, ttfb))  # handles the rest)
-            return web.json_response(
-                {"error": {"message": f"the server failed to answer: {type(exc).__name__}",
-                           "type": "server_error", "code": "upstream-failed", "param": None}},
-                status=502)
+            return _bad_gateway(type(exc).__name__), ""
         self._post(Finished(rid, outcome, ttfb, *usage))
-        return resp
+        return resp, ""
 
     async def _relay(self, request: web.Request, up: aiohttp.ClientResponse
                      ) -> tuple[web.StreamResponse, Outcome, tuple[int | None, int | None]]:
@@ -318,6 +328,12 @@ class Proxy:
             with contextlib.suppress(ValueError):
                 return resp, Outcome.COMPLETED, _usage(json.loads(b"".join(kept)))
         return resp, Outcome.COMPLETED, (None, None)
+
+
+def _bad_gateway(cause: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": f"the server failed to answer: {cause}", "type": "server_error",
+                   "code": "upstream-failed", "param": None}}, status=502)
 
 
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,

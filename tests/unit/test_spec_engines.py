@@ -544,3 +544,12 @@ def test_behind_the_gateway_the_server_is_reachable_on_loopback_only(
         assert (args["--host"], args["--port"]) == ("127.0.0.1", "40099")
     else:  # inside its container it listens as before; docker publishes it on loopback
         assert (args["--host"], args["--port"]) == ("0.0.0.0", "40080")
+
+
+def test_behind_the_gateway_the_preset_shortens_the_routers_stop_timeout(
+        layout: Layout) -> None:
+    behind = preset_of(build(layout, "llama-server", "process", gateway={"enabled": True}))
+    alone = preset_of(build(layout, "llama-server", "process"))
+    sections = behind.count("\n[")
+    assert sections >= 1 and behind.count("stop-timeout = 2") == sections
+    assert "stop-timeout" not in alone  # the router's own 10 s lets busy requests finish
