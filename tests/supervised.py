@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,3 +227,26 @@ def wait_chat(url: str, model: str, timeout: float = 60) -> float:
         last = (code, body)
         time.sleep(0.05)
     raise AssertionError(f"{model} did not answer within {timeout}s: {last}")
+
+
+@contextlib.contextmanager
+def following(sup: Supervised, *args: str) -> Iterator[Callable[[Callable[[str], bool]], str]]:
+    """``supervisorctl ARGS`` left running (``events -f``, ``logs -f``); yields ``until``,
+    which reads its output until a line satisfies the predicate (and returns that line)."""
+    proc = subprocess.Popen([str(BIN / "supervisorctl"), "-s", str(sup.socket), *args],
+                            stdout=subprocess.PIPE, text=True)
+
+    def until(predicate: Callable[[str], bool], lines: int = 500) -> str:
+        assert proc.stdout is not None
+        for _ in range(lines):
+            line = proc.stdout.readline()
+            if predicate(line):
+                return line
+        raise AssertionError(f"supervisorctl {' '.join(args)}: no such line in {lines}")
+
+    try:
+        yield until
+    finally:
+        proc.terminate()
+        proc.wait(10)
+

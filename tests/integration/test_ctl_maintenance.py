@@ -62,10 +62,9 @@ def test_models_lists_each_models_file_and_header_facts(
 
 def test_events_shows_recent_events_and_follows_new_ones(
         make_process_supervised: Callable[..., Supervised]) -> None:
-    import subprocess
     import time
 
-    from supervised import BIN
+    from supervised import following
 
     sup = make_process_supervised({"tiny-a": "tiny-a.gguf"})
     sup.start()
@@ -75,27 +74,22 @@ def test_events_shows_recent_events_and_follows_new_ones(
     assert " supervisor.started " in recent.stdout and " server.ready " in recent.stdout
     as_json = [json.loads(line) for line in sup.ctl("events", "--json").stdout.splitlines()]
     assert as_json and all({"event", "level", "timestamp"} <= set(e) for e in as_json)
-    follower = subprocess.Popen([str(BIN / "supervisorctl"), "-s", str(sup.socket), "events",
-                                 "-f", "-n", "0", "--json"], stdout=subprocess.PIPE, text=True)
-    try:
+    with following(sup, "events", "-f", "-n", "0", "--json") as until:
         time.sleep(0.5)
         assert sup.ctl("restart").returncode == 0
-        sup.wait_for(lambda s: s["restarts"] == 1 and s["state"] == "RUNNING", 30, "restarted")
         seen: list[str] = []
-        assert follower.stdout is not None
-        while "server.ready" not in seen:
-            seen.append(json.loads(follower.stdout.readline())["event"])
+
+        def saw(line: str) -> bool:
+            seen.append(json.loads(line)["event"])
+            return seen[-1] == "server.ready"
+
+        until(saw)
         assert "server.state" in seen and "server.launched" in seen
-    finally:
-        follower.terminate()
-        follower.wait(10)
 
 
 def test_logs_shows_the_servers_log_and_follows_it(
         make_process_supervised: Callable[..., Supervised]) -> None:
-    import subprocess
-
-    from supervised import BIN
+    from supervised import following
     from testbed import chat
 
     sup = make_process_supervised({"tiny-a": "tiny-a.gguf"})
@@ -104,20 +98,9 @@ def test_logs_shows_the_servers_log_and_follows_it(
     recent = sup.ctl("logs", "-n", "200")
     assert recent.returncode == 0 and "llama" in recent.stdout.lower(), recent
     assert len(sup.ctl("logs", "-n", "5").stdout.splitlines()) == 5
-    follower = subprocess.Popen([str(BIN / "supervisorctl"), "-s", str(sup.socket), "logs",
-                                 "-f", "-n", "0"], stdout=subprocess.PIPE, text=True)
-    try:
+    with following(sup, "logs", "-f", "-n", "0") as until:
         assert chat(sup.server_url, "tiny-a")[0] == 200  # the server logs the request
-        assert follower.stdout is not None
-        for _ in range(500):
-            line = follower.stdout.readline()
-            if "tiny-a" in line or "chat/completions" in line or "prompt eval" in line:
-                break
-        else:
-            raise AssertionError("the request never showed in the followed log")
-    finally:
-        follower.terminate()
-        follower.wait(10)
+        until(lambda line: "prompt eval" in line or "chat/completions" in line)
 
 
 def test_version_and_one_models_status(

@@ -264,26 +264,13 @@ def test_engine_going_away_is_reported_and_reconnected(make_supervised, dockerd:
 
 
 def test_logs_shows_and_follows_the_containers_log(make_supervised) -> None:
-    import subprocess
-
-    from supervised import BIN
+    from supervised import following
 
     sup = make_supervised().start()
     sup.wait_running()
     recent = sup.ctl("logs", "-n", "50")
     assert recent.returncode == 0 and recent.stdout.strip(), recent
-    follower = subprocess.Popen([str(BIN / "supervisorctl"), "-s", str(sup.socket), "logs",
-                                 "-f", "-n", "0"], stdout=subprocess.PIPE, text=True)
-    try:
+    with following(sup, "logs", "-f", "-n", "0") as until:
         time.sleep(1.5)  # attached (docker's follow starts from the current second)
         assert chat(sup.server_url, "tiny-a")[0] == 200
-        assert follower.stdout is not None
-        for _ in range(500):
-            line = follower.stdout.readline()
-            if "tiny-a" in line or "chat/completions" in line or "prompt eval" in line:
-                break
-        else:
-            raise AssertionError("the request never showed in the followed container log")
-    finally:
-        follower.terminate()
-        follower.wait(10)
+        until(lambda line: "prompt eval" in line or "chat/completions" in line)
