@@ -51,7 +51,8 @@ def _app(daemon: Daemon, token: str | None = None) -> web.Application:
                                  status=200 if ready.ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        gpus = await asyncio.to_thread(gpumem.devices)  # NVML blocks: off the loop
+        # NVML blocks: off the loop; once known absent, not asked again.
+        gpus = await asyncio.to_thread(gpumem.devices) if gpumem.may_have_nvml() else []
         return web.Response(body=exposition(daemon.metrics, gpus),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -76,6 +77,9 @@ def _app(daemon: Daemon, token: str | None = None) -> web.Application:
                                           "(supervisor.status_api_token_file)"}, status=401,
                                          headers={"WWW-Authenticate": "Bearer"})
         async with turns:
+            # Yield once while holding a turn: the requests behind it then wait on the
+            # semaphore instead of all being runnable at once ahead of everything else.
+            await asyncio.sleep(0)
             return await handler(request)
 
     app = web.Application(client_max_size=1024, middlewares=[in_turn])

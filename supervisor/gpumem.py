@@ -69,6 +69,11 @@ def _device(nvml: Any, index: int) -> GpuReading:
         _optional(lambda: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0, nvml))
 
 
+def may_have_nvml() -> bool:
+    """False once NVML was found missing (no package, driver or GPU): no need to ask again."""
+    return _nvml is not False
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

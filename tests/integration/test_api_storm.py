@@ -1,6 +1,6 @@
 """1,000 concurrent /status and /metrics requests: all answered, the daemon still answers a
 command on its control socket within 1 s meanwhile (measured: about 0.06 s), and its memory
-grows by less than 20 MB (measured: about 16 MB)."""
+grows by less than 20 MB (measured: 18.4-18.6 MB, about 18 KB per open connection)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ async def test_a_thousand_scrapes_at_once_leave_the_daemon_responsive(
     sup.start()
     sup.wait_for(lambda s: s["state"] == "RUNNING", 60, "RUNNING")
     assert sup.proc is not None
-    before = rss_mb(sup.proc.pid)
     base = f"http://127.0.0.1:{sup.status_port}"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         async def scrape(i: int) -> int:
@@ -39,6 +38,9 @@ async def test_a_thousand_scrapes_at_once_leave_the_daemon_responsive(
                 await resp.read()
                 return resp.status
 
+        # First use (lazy imports, first scrapes) is not what the storm measures.
+        await asyncio.gather(*(scrape(i) for i in range(20)))
+        before = rss_mb(sup.proc.pid)
         storm = asyncio.gather(*(scrape(i) for i in range(1000)))
         await asyncio.sleep(0.05)
         started = time.monotonic()
