@@ -469,6 +469,9 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
     pending: list[Pending] = []
     ggufs: dict[str, GGUFInfo] = {}
     facts: list[ModelFacts] = []
+    # Each model's templates as LocalAI will read them: a `.tmpl` file's content, which
+    # LocalAI caches for the life of the process, so editing one must restart it.
+    templates: dict[str, dict[str, str]] = {}
     for entry, src in entries:
         size: int | None = None
         rel = entry.parameters.model
@@ -513,6 +516,7 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
         texts = {k: _resolve_template(v, models_dir) for k, v in
                  (tmpl.model_dump(include={"chat", "chat_message", "completion", "edit"})
                   if tmpl else {}).items() if isinstance(v, str)}
+        templates[entry.name] = texts
         facts.append(ModelFacts(
             name=entry.name, context_size=entry.context_size,
             max_tokens=entry.parameters.max_tokens, gpu_layers=entry.gpu_layers,
@@ -532,6 +536,7 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
             # Python mode + repr: a !!binary value is bytes, which JSON mode cannot decode.
             "entries": [e.model_dump(exclude_none=True) for e, _ in entries],
             "files": [(f.relpath, f.size, f.fingerprint) for f in files],
+            "templates": templates,
         }, sort_keys=True, default=repr)
         models = ModelSet(config_file, tuple(e for e, _ in entries), tuple(files),
                           hashlib.sha256(canonical.encode()).hexdigest()[:12],

@@ -456,3 +456,20 @@ def test_problem_is_the_findings_problem_with_its_defaults() -> None:
 )
 def test_is_temporary_name(name: str, temporary: bool) -> None:
     assert is_temporary_name(name) is temporary
+
+
+def test_revision_changes_when_a_tmpl_file_a_model_uses_changes(tmp_path: Path) -> None:
+    """LocalAI caches `.tmpl` files for the life of the process: an edit must restart it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    write_tiny_llama(models / "tiny-a.gguf", seed=1, name="tiny-a")
+    (models / "chat-tpl.tmpl").write_text("[INST] {{.Input}} [/INST]")
+    (models / "unused.tmpl").write_text("{{.Input}}")
+    config = tmp_path / "config.yaml"
+    config.write_text("- name: tiny-a\n  context_size: 1024\n  parameters:\n"
+                      "    model: tiny-a.gguf\n  template:\n    chat: chat-tpl\n")
+    before = load_model_set(config, models).revision
+    (models / "unused.tmpl").write_text("{{.Input}}\n")  # no model uses it
+    assert load_model_set(config, models).revision == before
+    (models / "chat-tpl.tmpl").write_text("<s>[INST] {{.Input}} [/INST]")
+    assert load_model_set(config, models).revision != before
