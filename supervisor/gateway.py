@@ -271,7 +271,7 @@ class GatewayOwner:
             swap = None
             if swap_began is not None and msg.ttfb is not None:
                 swap = at + msg.ttfb - swap_began
-            self._observe.finished(label, msg, swap)
+            self._observe.finished(label, msg.ttfb, swap)
             if msg.outcome is Outcome.CUT_OFF:
                 log.warning("gateway.cut_off", model=label,
                             cause="the server closed the stream mid-answer",
@@ -290,7 +290,6 @@ class GatewayOwner:
             label = model if model is not None and model in self.sched.rules.models \
                 else NO_MODEL
             self._counts.setdefault(label, _ModelCounts()).outcomes[Outcome.CLIENT_GONE] += 1
-            self._observe.outcome(label, Outcome.CLIENT_GONE)
         self._step(Leave(msg.rid))
 
     def on_unloaded(self, msg: UnloadDone) -> None:
@@ -362,7 +361,7 @@ class GatewayOwner:
             counts.wait_max = max(counts.wait_max, action.waited)
             if pending is not None and pending.held:
                 counts.held += 1
-            self._observe.admitted(label, action.waited, pending is not None and pending.held)
+            self._observe.admitted(label, action.waited)
             if pending is None or pending.reply.done():
                 # Its client left before the ticket: nobody will report it finished.
                 self._post(Left(action.rid))
@@ -373,7 +372,6 @@ class GatewayOwner:
             label = action.model or NO_MODEL
             outcome = Outcome(action.why.value)
             self._counts.setdefault(label, _ModelCounts()).outcomes[outcome] += 1
-            self._observe.outcome(label, outcome)
             log.warning("gateway.refused", model=label, why=action.why.value,
                         waited=round(action.waited, 3), status=action.why.status,
                         action=f"answered {action.why.status} with Retry-After "
@@ -382,7 +380,6 @@ class GatewayOwner:
                 pending.reply.set_result(Ticket(action.why, action.waited))
         elif isinstance(action, Unload):
             self._counts.setdefault(action.for_model, _ModelCounts()).swaps += 1
-            self._observe.swap(action.for_model)
             log.info("gateway.swap", unload=list(action.models), load=action.for_model)
             expected = sum(self.sched.rules.models[m].footprint or 0
                            for m in action.models if m in self.sched.rules.models)
@@ -455,16 +452,11 @@ class GatewayOwner:
 
 
 class GatewayObserver:
-    """Where the owner reports what it counts (histograms for /metrics); no-op by default."""
+    """Where the owner reports the durations it sees (histograms for /metrics; its counts
+    are in the snapshot); no-op by default."""
 
-    def admitted(self, model: str, waited: float, held: bool) -> None:
+    def admitted(self, model: str, waited: float) -> None:
         pass
 
-    def outcome(self, model: str, outcome: Outcome) -> None:
-        pass
-
-    def finished(self, model: str, msg: Finished, swap_seconds: float | None) -> None:
-        self.outcome(model, msg.outcome)
-
-    def swap(self, model: str) -> None:
+    def finished(self, model: str, ttfb: float | None, swap_seconds: float | None) -> None:
         pass

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .classify import Cause
-from .gateway import Finished, GatewayObserver, Outcome
+from .gateway import GatewayObserver, Outcome
 from .gpumem import GpuReading
 from .gpumetrics import gpu_exposition
 from .modelhealth import ModelState
@@ -34,53 +34,33 @@ SWAP_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 
 
 class GatewayMetrics(GatewayObserver):
-    """What the gateway owner reports, as Prometheus series."""
+    """The gateway owner's durations as Prometheus histograms (its counts come from its
+    snapshot: GatewayGauges)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(f"{PREFIX}_requests", "Requests through the gateway by "
-                                "how they ended", ("model", "outcome"), registry=registry)
         self.wait = Histogram(f"{PREFIX}_queue_wait_seconds", "Time from arrival to admission "
                               "(waiting for a swap, a slot or the server)", ("model",),
                               buckets=WAIT_BUCKETS, registry=registry)
         self.ttfb = Histogram(f"{PREFIX}_time_to_first_byte_seconds", "Time from admission "
                               "to the server's first response byte", ("model",),
                               buckets=TTFB_BUCKETS, registry=registry)
-        self.swaps = Counter(f"{PREFIX}_swaps", "Swaps to this model (other models unloaded "
-                             "to make room)", ("model",), registry=registry)
         self.swap_seconds = Histogram(f"{PREFIX}_swap_seconds", "From the swap decision to "
                                       "the new model's first response byte", ("model",),
                                       buckets=SWAP_BUCKETS, registry=registry)
-        self.held = Counter(f"{PREFIX}_held_requests", "Requests that arrived while the "
-                            "server was not serving and were held for it", ("model",),
-                            registry=registry)
-        self.tokens = Counter(f"{PREFIX}_tokens", "Tokens from the answers' usage blocks",
-                              ("model", "kind"), registry=registry)
 
-    def admitted(self, model: str, waited: float, held: bool) -> None:
+    def admitted(self, model: str, waited: float) -> None:
         self.wait.labels(model).observe(waited)
-        if held:
-            self.held.labels(model).inc()
 
-    def outcome(self, model: str, outcome: Outcome) -> None:
-        self.requests.labels(model, outcome.value).inc()
-
-    def finished(self, model: str, msg: Finished, swap_seconds: float | None) -> None:
-        self.outcome(model, msg.outcome)
-        if msg.ttfb is not None:
-            self.ttfb.labels(model).observe(msg.ttfb)
+    def finished(self, model: str, ttfb: float | None, swap_seconds: float | None) -> None:
+        if ttfb is not None:
+            self.ttfb.labels(model).observe(ttfb)
         if swap_seconds is not None:
             self.swap_seconds.labels(model).observe(swap_seconds)
-        if msg.prompt_tokens:
-            self.tokens.labels(model, "prompt").inc(msg.prompt_tokens)
-        if msg.completion_tokens:
-            self.tokens.labels(model, "completion").inc(msg.completion_tokens)
-
-    def swap(self, model: str) -> None:
-        self.swaps.labels(model).inc()
 
 
 class GatewayGauges(Collector):
-    """In flight, queued and resident per model, read from the owner's snapshot at scrape."""
+    """The gateway's per-model counts and gauges, read from the owner's snapshot at scrape
+    (the same numbers /status shows: one record, two views)."""
 
     def __init__(self, snapshot: Callable[[], GatewaySnapshot]) -> None:
         self._snapshot = snapshot
@@ -93,11 +73,26 @@ class GatewayGauges(Collector):
                                    labels=("model",))
         resident = GaugeMetricFamily(f"{PREFIX}_resident", "1 when the gateway counts the "
                                      "model as loaded in the server", labels=("model",))
+        requests = CounterMetricFamily(f"{PREFIX}_requests", "Requests through the gateway "
+                                       "by how they ended", labels=("model", "outcome"))
+        swaps = CounterMetricFamily(f"{PREFIX}_swaps", "Swaps to this model (other models "
+                                    "unloaded to make room)", labels=("model",))
+        held = CounterMetricFamily(f"{PREFIX}_held_requests", "Requests that arrived while "
+                                   "the server was not serving and were held for it",
+                                   labels=("model",))
+        tokens = CounterMetricFamily(f"{PREFIX}_tokens", "Tokens from the answers' usage "
+                                     "blocks", labels=("model", "kind"))
         for m in snap.models:
             in_flight.add_metric((m.model,), m.in_flight)
             queued.add_metric((m.model,), m.queued)
             resident.add_metric((m.model,), 1.0 if m.resident else 0.0)
-        yield from (in_flight, queued, resident)
+            for o in Outcome:
+                requests.add_metric((m.model, o.value), m.requests.get(o.value, 0))
+            swaps.add_metric((m.model,), m.swaps)
+            held.add_metric((m.model,), m.held)
+            tokens.add_metric((m.model, "prompt"), m.prompt_tokens)
+            tokens.add_metric((m.model, "completion"), m.completion_tokens)
+        yield from (in_flight, queued, resident, requests, swaps, held, tokens)
 
 
 SUP = "localai_supervisor"

@@ -10,7 +10,6 @@ from html import escape
 
 from .policy import State
 from .render import fmt_seconds
-from .scheduler import Refusal
 from .status import Status
 
 REFRESH_SECONDS = 5
@@ -77,7 +76,6 @@ def render_page(st: Status) -> str:
     ]
     gw = st.gateway
     if gw is not None:
-        refusals = tuple(r.value for r in Refusal)
         parts += [
             f"<h2>Gateway</h2><p>{escape(gw.listen)} &rarr; {escape(gw.upstream)} "
             f"({escape(gw.phase.value)})</p>",
@@ -85,7 +83,7 @@ def render_page(st: Status) -> str:
                                "cut off", "refused", "swaps", "held", "max wait"),
                    [(m.model, "yes" if m.resident else "no", str(m.in_flight), str(m.queued),
                      str(m.requests.get("completed", 0)), str(m.requests.get("cut-off", 0)),
-                     str(sum(m.requests.get(r, 0) for r in refusals)), str(m.swaps),
+                     str(m.refused), str(m.swaps),
                      str(m.held), fmt_seconds(m.max_wait_seconds)) for m in gw.models]),
         ]
     parts += [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .policy import State
-from .scheduler import Refusal
 from .status import Status
 
 
@@ -60,12 +59,11 @@ def render_status(st: Status, tty: bool) -> str:
                    m.state.value if m.state else "-") for m in st.models]
         lines += ["", *_table([("MODEL", "FILE", "LISTED", "STATE"), *models], tty)]
     if gw is not None and gw.models:
-        refusals = tuple(r.value for r in Refusal)
         per_model = [
             (m.model, "yes" if m.resident else "no", str(m.in_flight), str(m.queued),
              str(m.requests.get("completed", 0)), str(m.requests.get("cut-off", 0)),
              str(m.requests.get("client-gone", 0)),
-             str(sum(m.requests.get(r, 0) for r in refusals)), str(m.swaps), str(m.held),
+             str(m.refused), str(m.swaps), str(m.held),
              fmt_seconds(m.max_wait_seconds)) for m in gw.models]
         head = ("GATEWAY", "RESIDENT", "IN-FLIGHT", "QUEUED", "DONE", "CUT", "GONE", "REFUSED",
                 "SWAPS", "HELD", "MAX-WAIT")

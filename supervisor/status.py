@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .classify import Cause
 from .modelhealth import ModelState
 from .policy import State
-from .scheduler import Phase
+from .scheduler import Phase, Refusal
 from .settings import Engine, RuntimeKind
 from .vocab import LoadState, RestartReason
 
@@ -164,6 +164,11 @@ class GatewayModelStatus(_Model):
     completion_tokens: int
     mean_wait_seconds: float
     max_wait_seconds: float
+
+    @property
+    def refused(self) -> int:
+        """Requests the gateway answered itself (queue full, too long a wait, server down)."""
+        return sum(self.requests.get(r.value, 0) for r in Refusal)
 
 
 class GatewaySnapshot(_Model):
