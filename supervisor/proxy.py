@@ -266,10 +266,12 @@ class Proxy:
         except aiohttp.ClientConnectorError:
             self._post(Finished(rid, Outcome.UPSTREAM_FAILED, counted=False))
             return None, "refused"
-        except aiohttp.ServerDisconnectedError:
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # Closed or reset before any answer: the server died holding the request (a
+            # reset is what a process killed with the request unread leaves behind).
             if not retry_disconnect:
                 self._post(Finished(rid, Outcome.UPSTREAM_FAILED, ttfb))
-                return _bad_gateway("ServerDisconnectedError"), ""
+                return _bad_gateway(type(exc).__name__), ""
             self._post(Finished(rid, Outcome.UPSTREAM_FAILED, counted=False))
             return None, "disconnected"
         except asyncio.CancelledError:

@@ -7,6 +7,8 @@ the real server are tested in tests/integration/test_gateway.py."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,36 @@ async def test_a_server_that_closes_without_answering_is_asked_once_more_then_50
         # server must not loop.
         assert [(f.outcome, f.counted) for f in b.finished] == [
             (Outcome.UPSTREAM_FAILED, False), (Outcome.UPSTREAM_FAILED, True)]
+    finally:
+        await b.close()
+
+
+async def test_a_connection_reset_before_any_answer_is_asked_again(tmp_path: Path) -> None:
+    """A server killed with the request unread resets the connection (ClientOSError, not
+    ServerDisconnectedError): the same case, the request is asked once more (seen in CI)."""
+    calls = 0
+
+    async def reset_once(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            assert request.transport is not None
+            sock = request.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.abort()
+            raise asyncio.CancelledError
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", reset_once)
+    b = Bench(tmp_path, app)
+    url = await b.start_proxy(await b.start_upstream())
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.post(url + "/v1/chat/completions", json={"model": "m"}) as resp:
+            assert resp.status == 200, await resp.text()
+        assert [(f.outcome, f.counted) for f in b.finished] == [
+            (Outcome.UPSTREAM_FAILED, False), (Outcome.COMPLETED, True)]
     finally:
         await b.close()
 
