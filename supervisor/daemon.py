@@ -60,7 +60,7 @@ from .models import (
     ModelsOwner,
     Smoked,
 )
-from .notify import Notifier
+from .notify import Notifier, ready_reason, start_time_left
 from .policy import Escalate, Restart, Start, Stop
 from .runtime import (
     InstanceExited,
@@ -221,6 +221,9 @@ class Daemon:
         self._deferred_restarts: list[RestartRequest] = []
         self._applied_meanwhile = False
         self._status_line = ""
+        # READY=1: due once the listeners are up (booted) and the start has settled.
+        self._booted = False
+        self._ready_sent = False
         self._tasks = TaskSet()
         self._watcher: Watcher | None = None
         # One handler per message type: the whole vocabulary of the loop in one place.
@@ -306,10 +309,33 @@ class Daemon:
         if self.gateway is not None:
             self.gateway.tick(now)
         self._deliver_notices()
+        self._notify_start(now)
         line = self.status_line()
         if line != self._status_line:
             self._status_line = line
             self._notifier.status(line)
+
+    def listening(self) -> None:
+        """The listeners are up: READY=1 follows once the start has settled."""
+        self._booted = True
+        self.housekeeping()
+
+    def _notify_start(self, now: float) -> None:
+        """READY=1 once the start has settled (see notify.py), systemd's start timeout extended
+        by the supervisor's own deadline until then."""
+        if not self._booted or self._ready_sent:
+            return
+        m = self.server.machine
+        why = ready_reason(m.state, maintenance=self.server.maintenance)
+        if why is None:
+            self._notifier.extend(now, start_time_left(
+                m.state, m.since, m.retry_at, now, self.settings.server.startup_timeout))
+            return
+        self._ready_sent = True
+        self._status_line = self.status_line()
+        self._notifier.ready(self._status_line)
+        log.info("supervisor.ready", reason=why, state=m.state.value,
+                 after_seconds=round(now - self._started, 3))
 
     def _on_validated(self, msg: Validated) -> None:
         outcome, _ = self.config.on_validated(msg)
@@ -580,8 +606,10 @@ class Daemon:
             return []
 
     def status_line(self) -> str:
-        """The systemd STATUS= text."""
-        line = self.server.describe() + self.config.describe()
+        """The systemd STATUS= text: server state, models ready, the last error."""
+        ready, total = self.models.ready_count()
+        line = self.server.describe() + self.config.describe() + \
+            f"; models ready {ready}/{total}"
         failed = self.models.failed()
         if failed:
             line += f"; model(s) {', '.join(failed)} FAILED"
@@ -647,7 +675,7 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             await self.close()
             return EXIT_RUNTIME
-        self._notifier.ready(self.status_line())
+        self.listening()
         if self.settings.watch.enabled:
             srv = self.settings.server
             self._watcher = Watcher(

@@ -1,10 +1,12 @@
-"""Structured logging: JSON lines for journald and files, readable columns on a terminal."""
+"""Structured logging: JSON lines for files and pipes, readable columns on a terminal, and
+under journald one line per event with its priority and without a second timestamp."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections import deque
@@ -66,16 +68,55 @@ def _offer(queue: asyncio.Queue[dict[str, Any]], record: dict[str, Any]) -> None
 EVENTS = EventRing()
 
 
+def under_journald(environ: MutableMapping[str, str] | None = None, fd: int = 2) -> bool:
+    """Whether ``fd`` is the stream systemd connected to the journal (JOURNAL_STREAM names its
+    device and inode, so a redirected stderr of a child of the unit does not count)."""
+    env = os.environ if environ is None else environ
+    dev, _, ino = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+# sd-daemon(3) priority prefixes: journald stores the level, so `journalctl -p err` works.
+_PRIORITY = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _journal_line(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """One journal line: ``<prio>event key=value ...``; journald adds time, unit and pid."""
+    level = str(event_dict.pop("level", "info"))
+    event_dict.pop("timestamp", None)
+    event = str(event_dict.pop("event", ""))
+    fields = " ".join(f"{k}={_journal_value(v)}" for k, v in event_dict.items())
+    return f"<{_PRIORITY.get(level, 6)}>{event}" + (f" {fields}" if fields else "")
+
+
+def _journal_value(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    if text and not any(c.isspace() or c in '"=' for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def configure(fmt: LogFormat = LogFormat.AUTO, level: str = "info") -> None:
+    """``auto``: columns on a terminal, one prefixed line per event under journald, else
+    JSON lines. ``json`` and ``console`` are used as asked (JSON keeps its timestamp: it is
+    read by machines that may ship it elsewhere)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
-    use_console = fmt is LogFormat.CONSOLE or (fmt is LogFormat.AUTO and sys.stderr.isatty())
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if use_console
-        else structlog.processors.JSONRenderer()
-    )
+    tty = sys.stderr.isatty()
+    renderer: structlog.typing.Processor
+    if fmt is LogFormat.CONSOLE or (fmt is LogFormat.AUTO and tty):
+        renderer = structlog.dev.ConsoleRenderer(colors=tty)
+    elif fmt is LogFormat.AUTO and under_journald():
+        renderer = _journal_line
+    else:
+        renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -475,6 +475,13 @@ class ModelsOwner:
         """The instance this owner believes serves, and whether it does (for tests)."""
         return self._token, self._serving
 
+    def ready_count(self) -> tuple[int, int]:
+        """(models the server lists and no probe has failed, models configured)."""
+        total = len(self._models.entries) if self._models is not None else 0
+        ok = (mh.ModelState.UNKNOWN, mh.ModelState.HEALTHY)
+        ready = sum(1 for r in self._records.values() if r.is_listed and r.health.state in ok)
+        return ready, total
+
     def failed(self) -> list[str]:
         return [n for n, r in self._records.items() if r.health.state is mh.ModelState.FAILED]
 
