@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from supervisor.modelconfig import ModelEntry
@@ -92,3 +95,17 @@ def test_the_socket_unit_passes_the_gateway_port_under_the_name_the_daemon_looks
     port = split_host_port(Settings().gateway.listen)[1]
     assert _unit_setting("ListenStream", "localai-supervisor.socket") == str(port)
     assert _unit_setting("Service", "localai-supervisor.socket") == "localai-supervisor.service"
+
+
+def test_the_service_unit_is_hardened_below_exposure_4() -> None:
+    """`systemd-analyze security` rates the shipped unit OK (< 4.0); the score is the same for
+    both runtimes (one unit). Offline: no running systemd needed."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager",
+         str(REPO / "systemd" / "localai-supervisor.service")],
+        capture_output=True, text=True, check=False).stdout
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+    assert match, out[-2000:]
+    assert float(match.group(1)) < 4.0, out
