@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import grp
 import json
 import os
 import sys
@@ -121,6 +122,22 @@ class CtlError(Exception):
         self.code = code
 
 
+def _unreachable(socket: Path, exc: OSError | aiohttp.ClientConnectorError) -> CtlError:
+    """Why the socket could not be reached, in words: a permission problem is not a daemon
+    that is down (aiohttp wraps the OSError)."""
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(cause, PermissionError):
+        try:
+            group = f"group {grp.getgrgid(socket.parent.stat().st_gid).gr_name!r}"
+        except (OSError, KeyError):
+            group = "the socket's group"
+        return CtlError(f"permission denied on {socket}: run as root or as a member of "
+                        f"{group}", CTL_UNREACHABLE)
+    return CtlError(f"cannot reach the daemon at {socket} ({cause.__class__.__name__}); is "
+                    "localai-supervisor running? (systemctl status localai-supervisor)",
+                    CTL_UNREACHABLE)
+
+
 async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
                timeout: float = 90.0) -> dict[str, Any]:
     """One request to the control socket; raises CtlError with the exit code to use."""
@@ -136,13 +153,8 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
                 if resp.status == 403:
                     raise CtlError(str(data.get("error", "refused")), CTL_ERROR)
                 return data
-    except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError) as exc:
-        raise CtlError(f"cannot reach the daemon at {socket} ({exc.__class__.__name__}); is "
-                       "localai-supervisor running? (systemctl status localai-supervisor)",
-                       CTL_UNREACHABLE) from exc
-    except PermissionError as exc:
-        raise CtlError(f"permission denied on {socket}: run as root or as a member of the "
-                       "socket's group", CTL_UNREACHABLE) from exc
+    except (OSError, aiohttp.ClientConnectorError) as exc:
+        raise _unreachable(socket, exc) from exc
     except TimeoutError as exc:
         raise CtlError(f"the daemon did not answer within {timeout:g}s", CTL_ERROR) from exc
 
@@ -170,8 +182,8 @@ async def _stream(socket: Path, what: str, lines: int, follow: bool, as_json: bo
                 elif what == "logs" and as_json:
                     text = json.dumps({"line": text})
                 print(text, flush=True)
-    except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError):
-        print(f"supervisorctl: cannot reach the daemon at {socket}", file=sys.stderr)
+    except (OSError, aiohttp.ClientConnectorError) as exc:
+        print(f"supervisorctl: {_unreachable(socket, exc)}", file=sys.stderr)
         return CTL_UNREACHABLE
     except CtlError as exc:
         print(f"supervisorctl: {exc}", file=sys.stderr)

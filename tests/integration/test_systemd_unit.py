@@ -157,7 +157,7 @@ class Installed:
 
     def reset(self, *, config: str | None = None) -> None:
         """A known start: the unit stopped and not failed, good settings and model config."""
-        self.box.systemctl("stop", SOCKET_UNIT, UNIT, check=False)
+        self.box.systemctl("disable", "--now", SOCKET_UNIT, UNIT, check=False)
         self.box.systemctl("reset-failed", UNIT, check=False)
         self.box.write_file("/etc/localai-supervisor/supervisor.toml", self.settings())
         self.write_models(config if config is not None else model_entry("tiny-a", "tiny-a.gguf"))
@@ -281,6 +281,12 @@ def test_start_returns_once_serving_with_status_and_answers(installed: Installed
     assert "supervisor.ready reason=serving" in journal, journal
     assert '"timestamp"' not in journal and "timestamp=" not in journal
     box.exec("localai-supervisorctl", "status")
+    # `usermod -aG localai-supervisor alice` lets alice use supervisorctl; bob may not.
+    box.sh("id alice >/dev/null 2>&1 || useradd -m alice; id bob >/dev/null 2>&1 || "
+           "useradd -m bob; usermod -aG localai-supervisor alice")
+    assert box.exec("localai-supervisorctl", "status", user="alice").ok
+    refused = box.exec("localai-supervisorctl", "status", user="bob", check=False)
+    assert refused.rc == 3 and "ermission denied" in refused.stderr, refused
 
 
 def test_reload_applies_an_edit_and_reports_a_rejected_one_without_restarting(
@@ -395,7 +401,8 @@ def test_an_invalid_config_fails_the_start_with_the_error_in_the_journal_and_no_
 def test_with_the_socket_unit_a_restart_refuses_no_connection(installed: Installed) -> None:
     box = installed.box
     installed.reset()
-    box.systemctl("start", SOCKET_UNIT, UNIT)
+    # As the README's install step does (reset() disables them again).
+    box.systemctl("enable", "--now", SOCKET_UNIT, UNIT)
     installed.chat()
     results: list[str] = []
     stop = threading.Event()
@@ -450,6 +457,20 @@ def test_the_wheel_and_sdist_carry_the_metadata(deb_package: Path) -> None:
     with tarfile.open(sdist) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     assert {"pyproject.toml", "README.md", "supervisor/daemon.py"} <= names
+
+
+def test_an_upgrade_does_not_restart_the_running_supervisor_but_says_so(
+        installed: Installed, deb_package: Path) -> None:
+    box = installed.box
+    installed.reset()
+    box.systemctl("start", UNIT)
+    pid = box.main_pid(UNIT)
+    again = box.exec("apt-get", "install", "-y", "-q", "--reinstall",
+                     f"/root/{deb_package.name}", timeout=300,
+                     env={"DEBIAN_FRONTEND": "noninteractive"})
+    assert "systemctl restart localai-supervisor" in again.stdout + again.stderr
+    assert box.main_pid(UNIT) == pid
+    installed.chat()
 
 
 def test_purge_removes_the_state_and_stops_everything(installed: Installed) -> None:

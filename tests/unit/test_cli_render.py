@@ -1,11 +1,15 @@
-"""``supervisorctl status`` output: ``render.render_status`` of the typed ``Status``."""
+"""``supervisorctl`` output: ``render.render_status`` of the typed ``Status``, and its one-line
+errors."""
 
 from __future__ import annotations
 
+import grp
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from supervisor.cli import CTL_UNREACHABLE, _unreachable
 from supervisor.render import render_status as render_typed
 from supervisor.status import Status
 
@@ -181,3 +185,14 @@ def test_crash_looping_and_pending_files_are_shown() -> None:
     assert "failures\t4 recently (crash-looping; still restarted)" in fields
     assert fields[-2:] == ["PENDING\twaiting for model files to be complete:",
                            "\tbig: /m/big.gguf: incomplete: 10 of 20 bytes"]
+
+
+def test_a_socket_the_user_may_not_reach_is_said_to_be_permissions_not_a_dead_daemon(
+        tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    err = _unreachable(sock, PermissionError(13, "Permission denied"))
+    group = grp.getgrgid(tmp_path.stat().st_gid).gr_name
+    assert err.code == CTL_UNREACHABLE
+    assert str(err) == f"permission denied on {sock}: run as root or as a member of group " \
+        f"{group!r}"
+    assert "is localai-supervisor running?" in str(_unreachable(sock, FileNotFoundError(2, "x")))
