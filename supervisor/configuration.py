@@ -34,6 +34,7 @@ from .status import (
     RejectionStatus,
     ReloadResult,
 )
+from .versions import Version
 from .watch import Observation, unsettled
 
 log = structlog.get_logger("supervisor.config")
@@ -58,11 +59,15 @@ class Checked:
     pending_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
-def check(settings: Settings, engine: EngineAdapter) -> Checked:
-    """Blocking: validate config + models dir, stat the model files, render the spec."""
+def check(settings: Settings, engine: EngineAdapter,
+          engine_version: Version | None = None) -> Checked:
+    """Blocking: validate config + models dir, stat the model files, render the spec. The
+    engine version (when the running server told it) selects the lint rules only: the spec
+    follows the settings, so learning a version never restarts anything."""
     srv = settings.server
     try:
-        result = validate(srv.model_config_file, srv.models_dir, context_for(settings))
+        result = validate(srv.model_config_file, srv.models_dir,
+                          context_for(settings, engine_version))
     except Exception as exc:  # validate never raises for bad input; this is a bug of ours
         log.exception("config.check_failed", action="treated as a rejected configuration")
         return Checked(Validation(None, (Problem(
@@ -153,8 +158,15 @@ class ConfigOwner:
         # Pending file -> (size, when first seen at that size), and which were said stalled.
         self._sizes: dict[str, tuple[int, float]] = {}
         self._stalled: set[str] = set()
+        self._engine_version: Version | None = None
 
     # -- requests ------------------------------------------------------------------------
+
+    def set_engine_version(self, version: Version | None) -> None:
+        """The server told its version: the lint rules follow it from the next check on."""
+        if version != self._engine_version:
+            self._engine_version = version
+            self.request(f"engine version {version} learnt (lint rules follow it)")
 
     def request(self, reason: str, reply: asyncio.Future[ReloadResult] | None = None) -> None:
         """Check the files again; ``reply`` gets the outcome of a check started after now."""
@@ -171,9 +183,10 @@ class ConfigOwner:
         self._waiters = waiters
         self._recheck_at = None
         settings = self.settings
+        version = self._engine_version
 
         async def run() -> None:
-            checked = await asyncio.to_thread(check, settings, self._engine)
+            checked = await asyncio.to_thread(check, settings, self._engine, version)
             self._post(Validated(job, reason, checked))
 
         self._task = asyncio.ensure_future(run())

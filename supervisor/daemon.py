@@ -72,11 +72,13 @@ from .runtime import (
 )
 from .server import (
     Diagnosed,
+    EngineVersionKnown,
     Observed,
     ProbeCycleDone,
     Probed,
     ServerOwner,
     ServingChanged,
+    VersionReported,
     maintenance_file,
 )
 from .settings import OnStop, Settings, SettingsError, load_settings
@@ -211,7 +213,7 @@ class Daemon:
         self.server = ServerOwner(settings, self._effects, self._prober, self._runtime.logs,
                                   self._runtime.exit_details, self.post,
                                   self._notices.append, self.journal, clock,
-                                  wall=wall, rand=rand)
+                                  engine=engine, wall=wall, rand=rand)
         self.models = ModelsOwner(settings, engine, self._prober, self.post,
                                   self._notices.append, self.journal, clock, rand)
         self._exit: int | None = None
@@ -243,6 +245,8 @@ class Daemon:
             ProbeCycleDone: self.server.on_cycle_done,
             Observed: self._on_observed,
             ServingChanged: self._on_serving_changed,
+            VersionReported: self.server.on_version,
+            EngineVersionKnown: lambda msg: self.config.set_engine_version(msg.version),
             # Policy events from elsewhere (the models owner, operators) go to the machine.
             Escalate: self.server.feed,
             Start: self.server.feed,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .ggufinfo import GGUFInfo
 from .settings import Engine, Settings
+from .versions import Version
 
 # gpu_layers at or above this is the common "offload everything" idiom.
 ALL_LAYERS_IDIOM = 99
@@ -46,14 +47,17 @@ class LintContext:
     single_active_backend: bool = True
     parallel: int = 1
     gpu_memory_bytes: int | None = None
+    # The engine version the rules apply to (None: unknown; each rule says what it assumes).
+    engine_version: Version | None = None
 
 
-def context_for(settings: Settings) -> LintContext:
+def context_for(settings: Settings, engine_version: Version | None = None) -> LintContext:
     srv = settings.server
     return LintContext(
         engine=srv.engine, single_active_backend=srv.single_active_backend,
         parallel=srv.parallel,
         gpu_memory_bytes=int(srv.gpu_memory_gb * 1024**3) if srv.gpu_memory_gb else None,
+        engine_version=engine_version or Version.parse(settings.localai.version),
     )
 
 

@@ -8,6 +8,7 @@ events, and only here, on the loop, are they turned into state.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ from .effects import (
     Unpause,
     UnpauseDone,
 )
+from .engines.base import EngineAdapter
 from .health import ModelsSeen, Probing, loaded_names
 from .policy import (
     LIVE_STATES,
@@ -63,9 +65,20 @@ from .policy import Unpause as UnpauseAction
 from .runtime import Instance, InstanceExited, InstanceHealth, InstancePaused, RuntimeConnection
 from .settings import Settings
 from .spec import ServerSpec, rendered_dir
-from .status import DrainStatus, FailureStatus, InstanceStatus, Journal, ServerSnapshot
+from .status import (
+    DrainStatus,
+    EngineVersionStatus,
+    FailureStatus,
+    InstanceStatus,
+    Journal,
+    ServerSnapshot,
+)
 from .tasks import TaskSet
+from .versions import KnownVersion, Version, VersionSource
 from .vocab import Level, LoadState, ProbeKind, RestartReason
+
+# The version question gets this long; unanswered, the version stays as it was.
+VERSION_TIMEOUT = 5.0
 
 log = structlog.get_logger("supervisor")
 
@@ -123,6 +136,21 @@ class Diagnosed:
 
 
 @dataclass(frozen=True)
+class VersionReported:
+    """What a newly serving instance said its version is (raw text; None: no answer)."""
+
+    token: str
+    raw: str | None
+
+
+@dataclass(frozen=True)
+class EngineVersionKnown:
+    """For the other owners: the engine version behaviour should follow from now on."""
+
+    version: Version | None
+
+
+@dataclass(frozen=True)
 class ServingChanged:
     """For the models owner and the gateway: which instance is live now, whether it serves
     requests, and whether it is down for good (FATAL, or stopped with no start to come)."""
@@ -130,6 +158,14 @@ class ServingChanged:
     token: str | None
     serving: bool
     down: bool = False
+
+
+def _setting_version(settings: Settings) -> KnownVersion | None:
+    raw = settings.localai.version
+    version = Version.parse(raw)
+    if raw is None or version is None:
+        return None
+    return KnownVersion(version, VersionSource.SETTING, raw)
 
 
 def maintenance_file(settings: Settings) -> Path:
@@ -155,9 +191,13 @@ class ServerOwner:
                  logs: Callable[[int, InstanceExited | None], Awaitable[list[str]]],
                  exit_details: Callable[[InstanceExited], Awaitable[InstanceExited]],
                  post: Callable[[Any], None], notify: Callable[[Any], None], journal: Journal,
-                 clock: Callable[[], float], *, wall: Callable[[], float] = time.time,
+                 clock: Callable[[], float], *, engine: EngineAdapter,
+                 wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self._settings = settings
+        self._engine = engine
+        # From the setting until a serving instance says otherwise (GET /version).
+        self._version = _setting_version(settings)
         self._rules = rules_from(settings)
         self._effects = effects
         self._prober = prober
@@ -198,6 +238,8 @@ class ServerOwner:
 
     def set_settings(self, settings: Settings) -> None:
         self._settings = settings
+        if self._version is None or self._version.source is VersionSource.SETTING:
+            self._version = _setting_version(settings)
         self._rules = rules_from(settings)
 
     def configure(self, spec: ServerSpec, *, first: bool, reason: str) -> None:
@@ -257,8 +299,48 @@ class ServerOwner:
         serving = (m.instance, m.state in (State.RUNNING, State.UNHEALTHY),
                    m.state in (State.FATAL, State.STOPPED))
         if serving != self._serving:
+            if serving[1] and serving[0] is not None and not (
+                    self._serving[1] and self._serving[0] == serving[0]):
+                self._tasks.spawn(self._ask_version(serving[0]))  # a newly serving instance
             self._serving = serving
             self._notify(ServingChanged(*serving))
+
+    # -- engine version ------------------------------------------------------------------
+
+    @property
+    def engine_version(self) -> Version | None:
+        return self._version.version if self._version is not None else None
+
+    async def _ask_version(self, token: str) -> None:
+        status, text = await self._prober.call(self._engine.version_call(), VERSION_TIMEOUT)
+        raw = None
+        if status == 200:
+            try:
+                raw = self._engine.version(json.loads(text))
+            except ValueError:
+                raw = None
+        self._post(VersionReported(token, raw))
+
+    def on_version(self, msg: VersionReported) -> None:
+        if msg.token != self.machine.instance or msg.raw is None:
+            return
+        seen = Version.parse(msg.raw)
+        if seen is None:
+            log.info("engine.version", reported=msg.raw[:100], version=None,
+                     action="not a release version: rules keep what they assumed")
+            return
+        before = self._version
+        if before is not None and before.source is VersionSource.SETTING \
+                and before.version != seen:
+            log.warning("engine.version_mismatch", setting=str(before.version),
+                        reported=msg.raw[:100],
+                        action="following the version the server reports; fix "
+                               "localai.version")
+        self._version = KnownVersion(seen, VersionSource.SERVER, msg.raw[:100])
+        if before is None or before.version != seen:
+            log.info("engine.version", version=str(seen), reported=msg.raw[:100],
+                     source=VersionSource.SERVER.value)
+            self._notify(EngineVersionKnown(seen))
 
     def _perform(self, action: Action) -> None:
         if isinstance(action, LaunchAction):
@@ -555,4 +637,7 @@ class ServerOwner:
             retry_in_seconds=round(m.retry_at - now, 3) if m.retry_at is not None else None,
             maintenance=self.maintenance,
             failures_by_cause=dict(self._failures_by_cause),
+            engine_version=None if self._version is None else EngineVersionStatus(
+                version=str(self._version.version), source=self._version.source,
+                reported=self._version.raw),
         )

@@ -120,6 +120,9 @@ def _upper_keys(value: dict[str, str]) -> dict[str, str]:
 
 
 class LocalAISection(_Section):
+    # The LocalAI version run (e.g. "v4.9.0"); unset: read from the image's label, then from
+    # the server's GET /version once it is up. Behaviour that differs by version follows it.
+    version: str | None = None
     # Added to (and overriding) the engine's defaults; see engines/localai.py.
     environment: dict[str, str] = Field(default_factory=dict)
     extra_args: list[str] = Field(default_factory=list)
@@ -128,6 +131,15 @@ class LocalAISection(_Section):
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         return _upper_keys(value)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        from .versions import Version
+
+        if value is not None and Version.parse(value) is None:
+            raise ValueError(f"{value!r} is not a version such as \"v4.9.0\"")
+        return value
 
 
 class LlamaServerSection(_Section):

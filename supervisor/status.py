@@ -22,6 +22,7 @@ from .modelhealth import ModelState
 from .policy import State
 from .scheduler import Phase, Refusal
 from .settings import Engine, RuntimeKind
+from .versions import VersionSource
 from .vocab import LoadState, RestartReason
 
 OPENAPI_FILE = Path(__file__).with_name("openapi.json")
@@ -123,6 +124,15 @@ class RecentEvent(_Model):
     detail: str
 
 
+class EngineVersionStatus(_Model):
+    """The engine version behaviour follows, and where it was learnt."""
+
+    version: str = Field(description="e.g. v4.9.0")
+    source: VersionSource = Field(description="setting (localai.version), image-label, or "
+                                  "server (its GET /version)")
+    reported: str = Field(description="the text as given, e.g. v4.9.0-22-g82c191af")
+
+
 class ServerSnapshot(_Model):
     """The server owner's part of the status."""
 
@@ -146,6 +156,7 @@ class ServerSnapshot(_Model):
     maintenance: bool = Field(False, description="stopped by `supervisorctl stop` until "
                               "`supervisorctl start`")
     failures_by_cause: dict[Cause, int] = Field(default_factory=dict)
+    engine_version: EngineVersionStatus | None = None
 
 
 class GatewayModelStatus(_Model):
@@ -219,6 +230,8 @@ class Status(_Model):
     failures_by_cause: dict[Cause, int] = Field(
         default_factory=dict, description="server failures since the supervisor started, by "
         "the cause its log named")
+    engine_version: EngineVersionStatus | None = Field(
+        None, description="the engine version behaviour follows (null: unknown)")
     config: ConfigStatus
     models: list[ModelStatus]
     gateway: GatewaySnapshot | None = None
@@ -242,6 +255,7 @@ class Status(_Model):
             drain=server.drain, idle_seconds=models.idle_seconds,
             retry_in_seconds=server.retry_in_seconds, maintenance=server.maintenance,
             failures_by_cause=server.failures_by_cause,
+            engine_version=server.engine_version,
             config=config, models=models.models,
             gateway=gateway, recent_events=recent,
         )

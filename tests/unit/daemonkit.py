@@ -200,6 +200,8 @@ class FakeProber:
     probes_time_out: bool = False
     progress_per_read: float = 0.0
     work: float = 0.0
+    # Fixed answers by path (e.g. "/version").
+    answers: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     async def liveness(self, instance: str) -> ProbeResult:
         if not self.alive and self.clock is not None:
@@ -219,6 +221,8 @@ class FakeProber:
 
     async def call(self, call: Call, timeout: float) -> tuple[int, str]:
         self.calls.append(call)
+        if call.path in self.answers:
+            return self.answers[call.path]
         if self.probes_time_out and call.path.startswith("/v1/chat/completions"):
             return 0, f"no answer within {timeout:g}s"
         model = (call.body or {}).get("model")
