@@ -54,6 +54,7 @@ class Checked:
     models_of: Mapping[str, str] = field(default_factory=dict)
     spec: ServerSpec | None = None
     dropped: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    env_notes: tuple[tuple[str, str], ...] = ()
     spec_error: str | None = None
     # Size of each pending (incomplete) file, to tell a copy in progress from a stopped one.
     pending_sizes: Mapping[str, int] = field(default_factory=dict)
@@ -95,7 +96,8 @@ def check(settings: Settings, engine: EngineAdapter,
         spec, launch = build_spec(settings, result.models, engine, program_for(settings, engine))
     except ValueError as exc:
         return Checked(result, stats, models_of, spec_error=str(exc))
-    return Checked(result, stats, models_of, spec, tuple(launch.dropped))
+    return Checked(result, stats, models_of, spec, tuple(launch.dropped),
+                   env_notes=launch.env_notes)
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class ConfigOwner:
         self._warnings: list[Problem] = []
         self._last_warnings: tuple[str, ...] = ()
         self._last_dropped: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._last_env_notes: tuple[tuple[str, str], ...] = ()
         self._seen_files: dict[str, Observation] = {}
         self._recheck_at: float | None = None
         self._jobs = 0
@@ -259,6 +262,7 @@ class ConfigOwner:
                 applied=False, restarting=False,
                 pending=[f"{p.model}: {p.path}: {p.reason}" for p in pending])
         self._report_dropped(checked.dropped)
+        self._report_env(checked.env_notes)
         models, spec = v.models, checked.spec
         self._rejection = None
         self._pending = []
@@ -321,6 +325,14 @@ class ConfigOwner:
                         engine=str(self._engine.kind),
                         action="not passed to llama-server (it uses the GGUF's own chat "
                         "template and stop tokens)")
+
+    def _report_env(self, notes: tuple[tuple[str, str], ...]) -> None:
+        if notes == self._last_env_notes:
+            return
+        self._last_env_notes = notes
+        for name, why in notes:
+            log.info("engine.environment", variable=name, note=why,
+                     engine=str(self._engine.kind))
 
     def _reject(self, problems: list[Problem], keeping: str) -> None:
         errors = [str(p) for p in problems]

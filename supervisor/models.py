@@ -22,6 +22,7 @@ import structlog
 from . import modelhealth as mh
 from .classify import diagnose
 from .engines import Call, EngineAdapter
+from .engines.base import RestartAnswer
 from .ggufinfo import GGUFInfo
 from .health import ModelsSeen, Probing
 from .lint import END_MARKERS
@@ -101,6 +102,8 @@ class ModelRestarted:
     name: str
     ok: bool
     detail: str
+    # The engine refused to stop it with work in flight (or hung): only a server restart helps.
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -343,14 +346,16 @@ class ModelsOwner:
         self._post(Smoked(token, name, warning))
 
     async def _restart(self, token: str, name: str, reason: str) -> None:
-        ok, detail = True, ""
+        ok, busy, detail = True, False, ""
         for call in self._engine.restart_model_calls(name):
+            # The timeout covers LocalAI's own 30 s wait for a busy model (load_timeout > 30 s).
             status, text = await self._prober.call(call, self._rules.load_timeout)
-            # "not running" / "already running" answers still leave the model restartable.
-            if status not in (200, 400, 404):
-                ok, detail = False, f"{call.method} {call.path}: HTTP {status}: {text[:200]}"
+            answer = self._engine.restart_answer(status, text)
+            if answer in (RestartAnswer.BUSY, RestartAnswer.FAILED):
+                ok, busy = False, answer is RestartAnswer.BUSY
+                detail = f"{call.method} {call.path}: HTTP {status}: {text[:200]}"
                 break
-        self._post(ModelRestarted(token, name, ok, detail or reason))
+        self._post(ModelRestarted(token, name, ok, detail or reason, busy))
 
     # -- outcomes ------------------------------------------------------------------------
 
@@ -432,7 +437,15 @@ class ModelsOwner:
         if rec is None:
             return
         rec = replace(rec, busy=False)
-        if msg.token == self._token:
+        if msg.token == self._token and msg.busy:
+            # Asking again would wait the same 30 s for the same answer.
+            rec = replace(rec, health=replace(mh.restart_done(rec.health, False, msg.detail),
+                                              escalated=True))
+            log.error("model.escalate", model=msg.name, reason=f"the engine would not stop it "
+                      f"while busy or hung: {msg.detail}", action="restarting the whole server")
+            self._notify(Escalate(msg.token, f"model {msg.name} busy or hung: the engine "
+                                  "refused to stop it", self._rand()))
+        elif msg.token == self._token:
             rec = replace(rec, health=mh.restart_done(rec.health, msg.ok, msg.detail))
             log.info("model.restarted", model=msg.name, ok=msg.ok, detail=msg.detail)
         self._records[msg.name] = rec

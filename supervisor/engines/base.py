@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from ..modelconfig import ModelSet
@@ -53,6 +54,28 @@ class EngineLaunch:
     files: tuple[RenderedFile, ...] = ()
     # model name -> LocalAI fields this engine cannot carry over (logged once per render).
     dropped: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+    # (variable, why) for variables left out or passed though they do nothing on this
+    # version (logged once per render).
+    env_notes: tuple[tuple[str, str], ...] = field(default=())
+
+
+class RestartAnswer(StrEnum):
+    DONE = "done"
+    # Not loaded: nothing to stop, the next request loads it (never a failure).
+    NOT_LOADED = "not-loaded"
+    # The engine refused to stop a model with work in flight (a hung one looks the same):
+    # only a restart of the server can free it.
+    BUSY = "busy"
+    FAILED = "failed"
+
+
+def plain_restart_answer(status: int, text: str) -> RestartAnswer:
+    """200 done; 400/404 ("not running", "already running") leave the model restartable."""
+    if status == 200:
+        return RestartAnswer.DONE
+    if status in (400, 404):
+        return RestartAnswer.NOT_LOADED
+    return RestartAnswer.FAILED
 
 
 class EngineAdapter(Protocol):
@@ -85,6 +108,10 @@ class EngineAdapter(Protocol):
 
     def restart_model_calls(self, model: str) -> list[Call]:
         """Restart one model without restarting the server."""
+        ...
+
+    def restart_answer(self, status: int, text: str) -> RestartAnswer:
+        """What one restart call's answer means."""
         ...
 
     def model_log_call(self, model: str) -> Call | None:

@@ -21,9 +21,11 @@ from .base import (
     Call,
     EngineLaunch,
     RenderedFile,
+    RestartAnswer,
     ServerPaths,
     metric_samples,
     openai_probe,
+    plain_restart_answer,
 )
 
 PRESET_NAME = "models-preset.ini"
@@ -207,6 +209,9 @@ class LlamaServerEngine:
     def restart_model_calls(self, model: str) -> list[Call]:
         return [Call("POST", "/models/unload", {"model": model}),
                 Call("POST", "/models/load", {"model": model})]
+
+    def restart_answer(self, status: int, text: str) -> RestartAnswer:
+        return plain_restart_answer(status, text)
 
     def model_log_call(self, model: str) -> Call | None:
         return None  # the router writes its children's output into its own log

@@ -14,8 +14,17 @@ from urllib.parse import quote
 
 from ..modelconfig import ModelSet
 from ..settings import Engine, Settings
+from ..versions import Version, at_least
 from ..vocab import LoadState
-from .base import Activity, Call, EngineLaunch, ServerPaths, metric_samples, openai_probe
+from .base import (
+    Activity,
+    Call,
+    EngineLaunch,
+    RestartAnswer,
+    ServerPaths,
+    metric_samples,
+    openai_probe,
+)
 
 # The hand-run setup's variables that do not come from [server] settings.
 DEFAULT_ENV = {
@@ -23,6 +32,39 @@ DEFAULT_ENV = {
     "LOCALAI_PARALLEL_REQUESTS": "true",
     "PYTHON_GRPC_MAX_WORKERS": "8",
 }
+
+
+def environment(settings: Settings) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """LocalAI's environment for the version in ``localai.version`` (core/cli/run.go), and
+    notes on variables left out or that do nothing there. Unknown version: the hand-run
+    container's variables, which every version accepts. What the user set in
+    ``localai.environment`` is always passed; only a note says when it does nothing. The
+    version the server reports later is not used here: learning it must not change the spec
+    (a restart nobody asked for)."""
+    srv = settings.server
+    version = Version.parse(settings.localai.version)
+    mine: dict[str, str] = {"LOCALAI_THREADS": str(srv.threads),
+                            "LLAMACPP_PARALLEL": str(srv.parallel), **DEFAULT_ENV}
+    notes: list[tuple[str, str]] = []
+    if at_least(version, 3, 9, unknown=False):
+        # Deprecated since v3.9.0: an alias of the LRU limit it introduced.
+        if srv.single_active_backend:
+            mine["LOCALAI_MAX_ACTIVE_BACKENDS"] = "1"
+        notes.append(("LOCALAI_SINGLE_ACTIVE_BACKEND", f"deprecated on {version}: "
+                      "LOCALAI_MAX_ACTIVE_BACKENDS=1 is passed instead"))
+    else:
+        mine["LOCALAI_SINGLE_ACTIVE_BACKEND"] = "true" if srv.single_active_backend else "false"
+    if at_least(version, 4, 1, unknown=False):
+        del mine["LOCALAI_PARALLEL_REQUESTS"]
+        notes.append(("LOCALAI_PARALLEL_REQUESTS", f"does nothing on {version} (requests are "
+                      "always parallel since v4.1.0): left out"))
+    user = settings.localai.environment
+    for name, why in list(notes):
+        if name in user:
+            notes.remove((name, why))
+            notes.append((name, f"set in localai.environment but {why.split(':')[0]}: "
+                          "passed as asked"))
+    return {**mine, **user}, tuple(notes)
 
 
 _INFERENCE_PATHS = ("/completions", "/embeddings", "/chat/", "/v1/audio", "/tts")
@@ -37,14 +79,7 @@ class LocalAIEngine:
     default_binary = "local-ai"
 
     def render(self, models: ModelSet, paths: ServerPaths, settings: Settings) -> EngineLaunch:
-        srv = settings.server
-        env = {
-            "LOCALAI_THREADS": str(srv.threads),
-            "LOCALAI_SINGLE_ACTIVE_BACKEND": "true" if srv.single_active_backend else "false",
-            "LLAMACPP_PARALLEL": str(srv.parallel),
-            **DEFAULT_ENV,
-            **settings.localai.environment,
-        }
+        env, notes = environment(settings)
         args = (
             "run",
             "--config-file", paths.model_config,
@@ -52,7 +87,7 @@ class LocalAIEngine:
             "--address", f"{settings.endpoint.listen_host}:{settings.endpoint.listen_port}",
             *settings.localai.extra_args,
         )
-        return EngineLaunch(args=args, env=tuple(sorted(env.items())))
+        return EngineLaunch(args=args, env=tuple(sorted(env.items())), env_notes=notes)
 
     def listed_models(self, body: Any) -> dict[str, LoadState | None]:
         data = body.get("data") if isinstance(body, dict) else None
@@ -78,6 +113,19 @@ class LocalAIEngine:
     def restart_model_calls(self, model: str) -> list[Call]:
         # The backend is reloaded lazily by the next request (the next probe).
         return [Call("POST", "/backend/shutdown", {"model": model})]
+
+    def restart_answer(self, status: int, text: str) -> RestartAnswer:
+        """``/backend/shutdown`` (core/http/endpoints/localai/backend_monitor.go,
+        pkg/model/process.go): 200 stopped; a model not loaded is 404 since v4.8.0 and a 500
+        "model not found" before; a busy (or hung) model is a 500 "model is still busy" after
+        a 30 s wait, unless LOCALAI_FORCE_BACKEND_SHUTDOWN=true (v2.28.0+) stopped it."""
+        if status == 200:
+            return RestartAnswer.DONE
+        if status == 404 or (status == 500 and "model not found" in text):
+            return RestartAnswer.NOT_LOADED
+        if status == 500 and "still busy" in text:
+            return RestartAnswer.BUSY
+        return RestartAnswer.FAILED
 
     def model_log_call(self, model: str) -> Call | None:
         # Since v4.1.0: the backend process's stdout/stderr, kept per model.
