@@ -25,6 +25,9 @@ class ModelState(StrEnum):
     HEALTHY = "healthy"
     FAILING = "failing"
     RESTARTING = "restarting"
+    # The engine refuses to load it for a while after a failed load (LocalAI v4.7.0+: 503
+    # for 10 s, doubling to 5 min): probes wait it out instead of counting failures.
+    COOLDOWN = "cooldown"
     # Gave up: restarts (of the model, then of the server) did not help. Operator clears it.
     FAILED = "failed"
 
@@ -55,6 +58,8 @@ class ModelHealth:
     escalated: bool = False
     # True until a probe succeeded since the last (re)start: allows the long load timeout.
     cold: bool = True
+    # COOLDOWN until then (monotonic).
+    cooldown_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ def due(
     for name, h in sorted(health.items()):
         if h.state in (ModelState.FAILED, ModelState.RESTARTING):
             continue
+        if h.cooldown_until is not None and now < h.cooldown_until:
+            continue
         if h.last_probe is not None and now - h.last_probe < rules.interval:
             continue
         state = loaded.get(name, LoadState.UNLOADED)
@@ -119,6 +126,13 @@ def due(
     return out
 
 
+def cooling_down(h: ModelHealth, seconds: float, detail: str, now: float) -> ModelHealth:
+    """The engine said it will not load the model for ``seconds``: no failure counted (the
+    failed load before it was), the next probe after it."""
+    return replace(h, state=ModelState.COOLDOWN, cooldown_until=now + seconds,
+                   last_error=detail)
+
+
 def probe_started(h: ModelHealth, now: float) -> ModelHealth:
     return replace(h, last_probe=now)
 
@@ -128,6 +142,7 @@ def probe_result(
 ) -> tuple[ModelHealth, ModelAction | None]:
     """Count a result; after ``failure_threshold`` failures restart the model, then the
     server once, then give up on the model (the other models keep serving)."""
+    h = replace(h, cooldown_until=None)
     if ok:
         return replace(h, state=ModelState.HEALTHY, failures=0, last_ok=now,
                        last_error=None, cold=False, escalated=False), None

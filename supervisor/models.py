@@ -84,6 +84,8 @@ class ModelProbed:
     restore: tuple[str, ...] = ()
     # How long the probe request took (for /metrics).
     seconds: float | None = None
+    # The engine refuses to load it for this many seconds after a failed load.
+    cooldown: float | None = None
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,11 @@ class ModelsOwner:
             self._post(ModelProbed(token, name, True, "", load_test=probe.allow_load,
                                    restore=restore, seconds=took))
             return
+        cooldown = self._engine.cooldown_seconds(status, text)
+        if cooldown is not None:
+            self._post(ModelProbed(token, name, False, text[:200], cooldown=cooldown,
+                                   seconds=took))
+            return
         if status == 400 and "not loaded" in text:
             self._post(ModelProbed(token, name, False, text[:200], skipped=True, seconds=took))
             return
@@ -371,6 +378,15 @@ class ModelsOwner:
             return
         if msg.skipped:
             log.debug("probe.skipped", probe="model", model=msg.name, detail=msg.detail)
+            return
+        if msg.cooldown is not None:
+            rec = self._records[msg.name]
+            self._records[msg.name] = replace(rec, health=mh.cooling_down(
+                rec.health, msg.cooldown, msg.detail, self._clock()))
+            if rec.health.state is not mh.ModelState.COOLDOWN:
+                log.warning("model.cooldown", model=msg.name, seconds=msg.cooldown,
+                            detail=msg.detail, action="probing it again once the engine "
+                            "loads it again; not counted as a failure")
             return
         if msg.load_test:
             if msg.ok:
@@ -514,6 +530,9 @@ class ModelsOwner:
                     last_probe_seconds_ago=round(now - h.last_probe, 3)
                     if h.last_probe is not None else None,
                     last_error=h.last_error, restarts=len(h.restarts),
+                    cooldown_seconds=round(h.cooldown_until - now, 3)
+                    if h.state is mh.ModelState.COOLDOWN and h.cooldown_until is not None
+                    and h.cooldown_until > now else None,
                     output_warning=rec.smoke_warning,
                     architecture=g.architecture if g else None,
                     context_size=entry.context_size,

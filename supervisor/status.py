@@ -110,6 +110,9 @@ class ModelStatus(_Model):
     last_probe_seconds_ago: float | None
     last_error: str | None
     restarts: int = Field(description="in-place restarts of this model (recent window)")
+    cooldown_seconds: float | None = Field(
+        None, description="state cooldown: seconds until the engine loads it again after a "
+        "failed load (LocalAI v4.7.0+)")
     output_warning: str | None = Field(description="what the output smoke check found")
     architecture: str | None = Field(None, description="from the GGUF header")
     context_size: int | None = Field(None, description="the config's context_size")

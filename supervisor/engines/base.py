@@ -114,6 +114,11 @@ class EngineAdapter(Protocol):
         """What one restart call's answer means."""
         ...
 
+    def cooldown_seconds(self, status: int, text: str) -> float | None:
+        """Seconds the engine refuses to load a model after a failed load, when this answer
+        says so (None: not a cooldown answer)."""
+        ...
+
     def model_log_call(self, model: str) -> Call | None:
         """Where the engine keeps one model's own log (None: it is in the server's log)."""
         ...

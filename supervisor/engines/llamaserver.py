@@ -213,6 +213,9 @@ class LlamaServerEngine:
     def restart_answer(self, status: int, text: str) -> RestartAnswer:
         return plain_restart_answer(status, text)
 
+    def cooldown_seconds(self, status: int, text: str) -> float | None:
+        return None  # the router retries a failed child on the next request
+
     def model_log_call(self, model: str) -> Call | None:
         return None  # the router writes its children's output into its own log
 

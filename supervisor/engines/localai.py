@@ -8,6 +8,7 @@ which lists configured models only, not loaded ones (see ../shared/LOCALAI-NOTES
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -65,6 +66,19 @@ def environment(settings: Settings) -> tuple[dict[str, str], tuple[tuple[str, st
             notes.append((name, f"set in localai.environment but {why.split(':')[0]}: "
                           "passed as asked"))
     return {**mine, **user}, tuple(notes)
+
+
+_RETRY_AFTER = re.compile(r"retry after ((?:\d+h)?(?:\d+m)?(?:\d+(?:\.\d+)?s)?)")
+# LocalAI's first cooldown, when the answer does not say.
+COOLDOWN_FALLBACK_SECONDS = 10.0
+
+
+def go_duration(text: str) -> float:
+    """Go's Duration.String() for whole seconds and up: ``1h2m3s``, ``5m0s``, ``20s``."""
+    total = 0.0
+    for value, unit in re.findall(r"(\d+(?:\.\d+)?)([hms])", text):
+        total += float(value) * {"h": 3600, "m": 60, "s": 1}[unit]
+    return total
 
 
 _INFERENCE_PATHS = ("/completions", "/embeddings", "/chat/", "/v1/audio", "/tts")
@@ -126,6 +140,15 @@ class LocalAIEngine:
         if status == 500 and "still busy" in text:
             return RestartAnswer.BUSY
         return RestartAnswer.FAILED
+
+    def cooldown_seconds(self, status: int, text: str) -> float | None:
+        """v4.7.0+: ``503`` ``model "X" load is in cooldown after a recent failure; retry
+        after 20s`` (pkg/model/loader.go ModelLoadCooldownError, core/http/app.go; the
+        Retry-After header says the same in whole seconds)."""
+        if status != 503 or "load is in cooldown" not in text:
+            return None
+        match = _RETRY_AFTER.search(text)
+        return go_duration(match.group(1)) if match else COOLDOWN_FALLBACK_SECONDS
 
     def model_log_call(self, model: str) -> Call | None:
         # Since v4.1.0: the backend process's stdout/stderr, kept per model.
