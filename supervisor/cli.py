@@ -318,7 +318,8 @@ def ctl_main(argv: list[str] | None = None) -> None:
             for key, value in data.items():
                 shown = "-" if value is None else value
                 print(f"{key:<22} {shown}" if sys.stdout.isatty() else f"{key}\t{shown}")
-        ok = found.listed and found.health.value not in ("failing", "restarting", "cooldown", "failed")
+        ok = found.listed and found.health.value not in (
+            "failing", "restarting", "cooldown", "failed")
         sys.exit(CTL_OK if ok else CTL_UNHEALTHY)
     if args.command == "models":
         from .render import render_models
