@@ -26,6 +26,8 @@ class Cause(StrEnum):
     # person (docker stop, kill).
     STOPPED = "stopped"
     ENGINE_OUTAGE = "engine-outage"
+    # LocalAI v4.2.0+ will not listen on a public address without authentication.
+    PUBLIC_BIND_REFUSED = "public-bind-refused"
     CRASHED = "crashed"
     UNKNOWN = "unknown"
 
@@ -39,6 +41,13 @@ class Diagnosis:
 
 # Checked in order: the first match wins, so specific causes come before generic ones.
 _RULES: tuple[tuple[Cause, re.Pattern[str], str], ...] = (
+    (Cause.PUBLIC_BIND_REFUSED, re.compile(
+        r"refusing to start: API bound to public address", re.I),
+     "LocalAI v4.2.0+ refuses to listen on a public address with no authentication "
+     "(core/cli/run_safety.go): keep the gateway on ([gateway] enabled: the server then "
+     "listens on 127.0.0.1 and the gateway takes the public port), or set server.listen_host "
+     "to a private address, or add \"--allow-insecure-public-bind\" to localai.extra_args "
+     "if something else gates access"),
     (Cause.CUDA_OOM, re.compile(
         r"CUDA error: out of memory|cudaMalloc failed: out of memory|"
         r"ggml_backend_cuda\w*: (allocating .* failed|failed to allocate)|"

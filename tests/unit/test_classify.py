@@ -67,7 +67,8 @@ def test_every_cause_has_a_distinct_hint() -> None:
                      LOAD_FAILED,
                      "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer "
                      "of size 8589934592",
-                     "could not load model: rpc error: code = Canceled desc = context canceled")
+                     "could not load model: rpc error: code = Canceled desc = context canceled",
+                     'refusing to start: API bound to public address "0.0.0.0:8080" with no')
     }
     hints |= {diagnose(None, True, []).hint, diagnose(137, False, []).hint,
               diagnose(1, False, []).hint, diagnose(143, False, []).hint,
@@ -192,3 +193,14 @@ def test_a_host_ram_allocation_failure_is_not_a_gpu_oom() -> None:
 def test_a_client_disconnect_is_not_the_old_load_failure_report() -> None:
     line = "could not load model: rpc error: code = Canceled desc = context canceled"
     assert diagnose(1, False, [line]).cause is not Cause.RPC_CANCELED
+
+
+def test_localais_public_bind_refusal_is_named_with_the_fixes() -> None:
+    """Captured from LocalAI's own message (core/cli/run_safety.go, v4.2.0+)."""
+    lines = ["3:04PM INF Starting LocalAI using 8 threads",
+             'Error: refusing to start: API bound to public address "0.0.0.0:40080" with no '
+             "authentication configured."]
+    diag = diagnose(1, False, lines)
+    assert diag.cause is Cause.PUBLIC_BIND_REFUSED
+    assert "gateway" in diag.hint and "--allow-insecure-public-bind" in diag.hint
+    assert "0.0.0.0:40080" in diag.evidence
