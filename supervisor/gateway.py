@@ -25,7 +25,7 @@ from .engines.llamaserver import DEFAULT_MODELS_MAX
 from .ggufinfo import GGUFInfo
 from .gpumem import FreedWait
 from .health import Probing
-from .lint import footprint_bytes, slots_for
+from .lint import footprint_bytes, llamacpp_parallel, slots_for
 from .modelconfig import ModelSet
 from .scheduler import (
     Action,
@@ -52,6 +52,7 @@ from .scheduler import (
 from .settings import Engine, Settings
 from .status import GatewayModelStatus, GatewaySnapshot
 from .tasks import TaskSet
+from .versions import Version
 
 log = structlog.get_logger("supervisor.gateway")
 
@@ -154,7 +155,8 @@ def rules_from(settings: Settings, models: ModelSet | None,
         sizes = {f.name: f.size for f in models.files}
         for entry in models.entries:
             limits[entry.name] = ModelLimits(
-                slots=slots_for(entry.options or (), srv.engine, srv.parallel),
+                slots=slots_for(entry.options or (), srv.engine, llamacpp_parallel(settings),
+                                Version.parse(settings.localai.version)),
                 footprint=footprint_bytes(sizes.get(entry.name), entry.context_size,
                                           ggufs.get(entry.name)))
     max_resident: int | None = None  # LocalAI without a single active backend: no count

@@ -1,7 +1,9 @@
 """Lint for LocalAI's quiet failures: pure rules over a model entry and its GGUF metadata.
 
 Each rule returns warnings with a one-line fix hint; none of them blocks a config (errors
-come from parsing and checking in modelconfig.py). The mechanisms behind the rules are in
+come from parsing and checking in modelconfig.py, which uses ``chat_message_input_line``
+from here). Rules whose truth depends on the LocalAI version name the range they assume, and
+what they assume when the version is unknown. The mechanisms behind the rules are in
 ../shared/LOCALAI-NOTES.md ("The three failures people see").
 """
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from .ggufinfo import GGUFInfo
 from .settings import Engine, Settings
-from .versions import Version
+from .versions import Version, at_least
 
 # gpu_layers at or above this is the common "offload everything" idiom.
 ALL_LAYERS_IDIOM = 99
@@ -26,8 +28,23 @@ END_MARKERS = (
     "</s>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>",
     "[/INST]", "<|end_of_text|>", "<|END_OF_TURN_TOKEN|>",
 )
+# chat_message is rendered once per message, with .Content: it has no .Input (see
+# chat_message_input_line).
 _TEMPLATE_INPUTS = {"chat": (".Input",), "completion": (".Input",),
-                    "chat_message": (".Content", ".Input"), "edit": (".Input", ".Instruction")}
+                    "chat_message": (".Content",), "edit": (".Input", ".Instruction")}
+# A Go template action, and .Input (or $.Input) used in one.
+_ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_INPUT_FIELD = re.compile(r"(?<![\w)\]])\$?\.Input\b")
+# std::stoi as LocalAI's backend reads LLAMACPP_PARALLEL: leading blanks, a sign, digits.
+_STOI = re.compile(r"\s*([+-]?[0-9]{1,9})(?![0-9])")
+_PARALLEL_OPTIONS = ("parallel", "n_parallel")
+# LocalAI v3.10.0+ with one active backend: a busy model is skipped and the request for
+# another waits this many 1 s retries, then loads it beside (LOCALAI_LRU_EVICTION_*).
+LRU_EVICTION_RETRIES = 30
+# LocalAI v4.6.1+ without context_size: the trained context capped here, stepped down to
+# no less than the fallback when GPU memory is short (core/config/context_fit.go).
+AUTO_CONTEXT_CAP = 8192
+AUTO_CONTEXT_FLOOR = 4096
 
 
 @dataclass(frozen=True)
@@ -45,20 +62,46 @@ class Lint:
 class LintContext:
     engine: Engine = Engine.LOCALAI
     single_active_backend: bool = True
+    # LLAMACPP_PARALLEL as LocalAI's backend reads it (llama-server: server.parallel).
     parallel: int = 1
     gpu_memory_bytes: int | None = None
     # The engine version the rules apply to (None: unknown; each rule says what it assumes).
     engine_version: Version | None = None
+    # Where LLAMACPP_PARALLEL is set, as messages name it.
+    parallel_setting: str = "server.parallel"
+    # The supervisor's gateway fronts the server: it queues a request for a second model.
+    gateway: bool = True
+
+
+def llamacpp_parallel(settings: Settings) -> int:
+    """LLAMACPP_PARALLEL as the rendered environment sets it (``localai.environment``
+    overrides ``server.parallel``, engines/localai.py), read as the backend reads it:
+    ``std::stoi``, so leading digits count and an unreadable value leaves 1 slot."""
+    raw = settings.localai.environment.get("LLAMACPP_PARALLEL")
+    if raw is None:
+        return settings.server.parallel
+    match = _STOI.match(raw)
+    return max(1, int(match.group(1))) if match else 1
 
 
 def context_for(settings: Settings, engine_version: Version | None = None) -> LintContext:
     srv = settings.server
+    localai = srv.engine is Engine.LOCALAI
+    overridden = localai and "LLAMACPP_PARALLEL" in settings.localai.environment
     return LintContext(
         engine=srv.engine, single_active_backend=srv.single_active_backend,
-        parallel=srv.parallel,
+        parallel=llamacpp_parallel(settings) if localai else srv.parallel,
         gpu_memory_bytes=int(srv.gpu_memory_gb * 1024**3) if srv.gpu_memory_gb else None,
         engine_version=engine_version or Version.parse(settings.localai.version),
+        parallel_setting=("LLAMACPP_PARALLEL in localai.environment" if overridden
+                          else "server.parallel"),
+        gateway=settings.gateway.enabled,
     )
+
+
+def _assumed(version: Version | None) -> str:
+    """How a message says which version a range was picked for."""
+    return "version unknown: assumed" if version is None else f"{version} here"
 
 
 @dataclass(frozen=True)
@@ -78,12 +121,62 @@ class ModelFacts:
     gguf: GGUFInfo | None
 
 
-def _slots(facts: ModelFacts, ctx: LintContext) -> int:
-    for opt in facts.options:
+def _option_parallel(options: Sequence[str]) -> int | None:
+    """The model's ``parallel:N`` (or ``n_parallel:N``) option; the last readable one wins,
+    as in the backend's option loop."""
+    found = None
+    for opt in options:
         key, _, value = opt.partition(":")
-        if key.strip() == "parallel" and re.fullmatch(r"[0-9]{1,6}", value.strip()):
-            return max(1, int(value))
-    return ctx.parallel if ctx.engine is Engine.LOCALAI else 1
+        if key.strip() in _PARALLEL_OPTIONS and re.fullmatch(r"[0-9]{1,6}", value.strip()):
+            found = int(value)
+    return found
+
+
+def localai_slots(options: Sequence[str], parallel: int, version: Version | None) -> int:
+    """Requests LocalAI's llama.cpp backend serves at once for one model. v3.8.0+ (assumed
+    when unknown): ``options: parallel:N`` when N is not 1, else LLAMACPP_PARALLEL, which
+    applies whenever the model's parallel is 1, so it overrides an explicit ``parallel:1``.
+    Before v3.8.0 the backend reads no parallel option: LLAMACPP_PARALLEL alone."""
+    wanted = _option_parallel(options)
+    if wanted is not None and wanted != 1 and at_least(version, 3, 8, 0, unknown=True):
+        return max(1, wanted)
+    return max(1, parallel)
+
+
+def _slots(facts: ModelFacts, ctx: LintContext) -> int:
+    if ctx.engine is Engine.LOCALAI:
+        return localai_slots(facts.options, ctx.parallel, ctx.engine_version)
+    return max(1, _option_parallel(facts.options) or 1)
+
+
+def _context_size_unset(f: ModelFacts, ctx: LintContext) -> Lint:
+    trained = f.gguf.context_length if f.gguf else None
+    whole = f"the model's whole trained context{f' ({trained} tokens here)' if trained else ''}"
+    v = ctx.engine_version
+    if v is None:
+        message = (
+            "context_size is not set, and what LocalAI takes then depends on its version "
+            f"(unknown): 512 tokens up to v2.26; {whole} on v2.27-v4.6.0, which may not fit "
+            f"in memory; on v4.6.1+ the trained context capped at {AUTO_CONTEXT_CAP} tokens, "
+            f"less (down to {AUTO_CONTEXT_FLOOR}) when GPU memory is short")
+    elif at_least(v, 4, 6, 1, unknown=True):
+        here = (f"{min(trained, AUTO_CONTEXT_CAP)} tokens for this model" if trained else
+                f"{AUTO_CONTEXT_FLOOR} when the GGUF does not say")
+        message = (
+            f"context_size is not set: LocalAI v4.6.1+ ({v} here) takes the model's trained "
+            f"context capped at {AUTO_CONTEXT_CAP} tokens ({here}), less (down to "
+            f"{AUTO_CONTEXT_FLOOR}) when GPU memory is short, so the context depends on the "
+            "GPU it runs on")
+    elif at_least(v, 2, 27, 0, unknown=True):
+        message = (
+            f"context_size is not set: LocalAI v2.27-v4.6.0 ({v} here) takes {whole}, whose "
+            "KV cache may not fit in memory: the load then fails (could not load model: rpc "
+            "error)")
+    else:
+        message = (f"context_size is not set: LocalAI up to v2.26 ({v} here) uses 512 tokens: "
+                   "answers are cut off mid-sentence past it")
+    return Lint("context-size-unset", f.name, ("context_size",), message,
+                "set context_size explicitly")
 
 
 def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
@@ -91,12 +184,7 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     trained = f.gguf.context_length if f.gguf else None
     if f.context_size is None:
         if ctx.engine is Engine.LOCALAI:
-            guess = f" ({trained} tokens here)" if trained else ""
-            out.append(Lint(
-                "context-size-unset", f.name, ("context_size",),
-                "context_size is not set: LocalAI up to v2.26 uses 512 tokens, v2.27-v4.6.0 "
-                f"take the model's whole trained context{guess}, which may not fit in memory",
-                "set context_size explicitly"))
+            out.append(_context_size_unset(f, ctx))
         return out
     if trained and f.context_size > trained:
         out.append(Lint(
@@ -118,6 +206,33 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     return out
 
 
+def parallel_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
+    """An ``options: parallel:N`` that LocalAI does not follow."""
+    wanted = _option_parallel(f.options)
+    if ctx.engine is not Engine.LOCALAI or wanted is None:
+        return []
+    v, env, setting = ctx.engine_version, max(1, ctx.parallel), ctx.parallel_setting
+    if at_least(v, 3, 8, 0, unknown=True):
+        if wanted != 1 or env == 1:
+            return []
+        why = ("LocalAI v3.8.0+ applies it to every model whose parallel is 1, and earlier "
+               "versions read no parallel option" if v is None else
+               f"LocalAI v3.8.0+ ({v} here) applies it to every model whose parallel is 1")
+        return [Lint(
+            "parallel-overridden", f.name, ("options",),
+            f"options parallel:1 does not make this model serve one request at a time: "
+            f"LLAMACPP_PARALLEL={env} ({setting}) overrides it ({why}), so it gets {env} slots",
+            f"for one slot set {setting} to 1 and give the models that need more "
+            "options parallel:N; otherwise remove parallel:1")]
+    if max(1, wanted) == env:
+        return []
+    return [Lint(
+        "parallel-overridden", f.name, ("options",),
+        f"options parallel:{wanted} is ignored: LocalAI before v3.8.0 ({v} here) reads no "
+        f"parallel option, so LLAMACPP_PARALLEL={env} ({setting}) sets this model's slots",
+        f"set {setting} to {wanted} (it applies to every model), or run LocalAI v3.8.0+")]
+
+
 def max_tokens_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     if f.max_tokens is not None:
         return []
@@ -132,12 +247,36 @@ def _markers_in(text: str) -> list[str]:
     return [m for m in END_MARKERS if m in text]
 
 
+def _has_template(f: ModelFacts) -> bool:
+    """LocalAI's HasTemplate() less use_tokenizer_template: a chat, chat_message,
+    completion or edit template."""
+    return any(f.templates.values())
+
+
+def _tokenizer_template_honoured(version: Version | None) -> bool:
+    # Honoured by the llama.cpp backend since v3.8.0; assumed when unknown: whoever sets it
+    # asks for a v3.8.0+ feature.
+    return at_least(version, 3, 8, 0, unknown=True)
+
+
 def special_token_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     if ctx.engine is not Engine.LOCALAI:
         return []  # llama-server stops on the GGUF's own end-of-generation tokens
+    v = ctx.engine_version
+    if f.use_tokenizer_template and _tokenizer_template_honoured(v):
+        return []  # LocalAI ignores the Go templates; the GGUF's own template ends turns
+    # v3.8.0+ switches use_tokenizer_template on for a config with no template at all
+    # (core/config/gguf.go). Unknown: assumed older, since the fix (a stopword) is harmless.
+    no_template = not _has_template(f)
+    if no_template and f.gguf is not None and at_least(v, 3, 8, 0, unknown=False):
+        return []
     out: list[Lint] = []
     stops = set(f.stopwords)
-    if f.gguf is not None and not f.use_tokenizer_template:
+    if f.gguf is not None:
+        tokenizer_fix = (", or set template.use_tokenizer_template: true"
+                         if _tokenizer_template_honoured(v) else "")
+        since = (f" on LocalAI before v3.8.0 ({_assumed(v)}; v3.8.0+ uses the GGUF's chat "
+                 "template for a config with no template)" if no_template else "")
         tokens = [t for t in (f.gguf.eos_token, f.gguf.eot_token) if t]
         for tok in dict.fromkeys(tokens):
             # A stopword stops generation when it appears in the output: one that is part of
@@ -146,11 +285,9 @@ def special_token_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
                 out.append(Lint(
                     "special-tokens", f.name, ("stopwords",),
                     f"the model ends turns with {tok!r} but stopwords does not list it: special "
-                    "tokens will appear at the end of answers",
-                    f"add {tok!r} to stopwords, or set template.use_tokenizer_template: true"))
-    # With use_tokenizer_template LocalAI ignores the Go templates.
-    templates = {} if f.use_tokenizer_template else f.templates
-    for key, text in sorted(templates.items()):
+                    f"tokens will appear at the end of answers{since}",
+                    f"add {tok!r} to stopwords{tokenizer_fix}"))
+    for key, text in sorted(f.templates.items()):
         for marker in _markers_in(text):
             if marker not in stops:
                 out.append(Lint(
@@ -161,16 +298,43 @@ def special_token_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     return out
 
 
+def chat_message_input_line(text: str) -> int | None:
+    """The line (1-based, within ``text``) where a ``chat_message`` template first uses
+    ``.Input`` in an action; None when it does not. Every LocalAI version renders
+    chat_message with per-message data that has no ``.Input``: the render fails and LocalAI
+    falls back to plain role-prefixed text (core/templates/evaluator.go)."""
+    for action in _ACTION.finditer(text):
+        body = action.group(1).strip("- \t\r\n")
+        if body.startswith("/*"):
+            continue  # a comment
+        found = _INPUT_FIELD.search(action.group(1))
+        if found is not None:
+            return text.count("\n", 0, action.start(1) + found.start()) + 1
+    return None
+
+
 def template_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     out: list[Lint] = []
     for key, text in sorted(f.templates.items()):
+        if key == "chat_message" and chat_message_input_line(text) is not None:
+            continue  # an error, reported by modelconfig with the template's line
         wanted = _TEMPLATE_INPUTS.get(key)
         if wanted and "{{" in text and not any(w in text for w in wanted):
             out.append(Lint(
                 "template-ignores-input", f.name, ("template", key),
                 f"template.{key} never uses {' or '.join(wanted)}: the prompt never reaches "
                 "the model", f"insert {{{{{wanted[0]}}}}} where the text should go"))
-    if f.use_tokenizer_template and f.gguf is not None and not f.gguf.chat_template:
+    if not f.use_tokenizer_template:
+        return out
+    v = ctx.engine_version
+    if ctx.engine is Engine.LOCALAI and not _tokenizer_template_honoured(v):
+        out.append(Lint(
+            "tokenizer-template-unsupported", f.name, ("template", "use_tokenizer_template"),
+            f"template.use_tokenizer_template is honoured by LocalAI's llama.cpp backend only "
+            f"since v3.8.0 ({v} here): before that LocalAI skips its own chat templating and "
+            "the backend ignores the messages, so the model gets an empty prompt",
+            "write template.chat / chat_message and stopwords, or run LocalAI v3.8.0+"))
+    elif f.gguf is not None and not f.gguf.chat_template:
         out.append(Lint(
             "tokenizer-template-missing", f.name, ("template", "use_tokenizer_template"),
             "template.use_tokenizer_template is set but the GGUF has no tokenizer.chat_template",
@@ -217,40 +381,71 @@ def footprint_bytes(file_size: int | None, context_size: int | None,
 LLAMA_SERVER_DEFAULT_SLOTS = 4
 
 
-def slots_for(options: Sequence[str], engine: Engine, parallel: int) -> int:
-    """Requests the engine serves at once for one model: options parallel:N, else LocalAI's
-    LLAMACPP_PARALLEL (server.parallel), else llama-server's own default."""
-    for opt in options:
-        key, _, value = opt.partition(":")
-        if key.strip() == "parallel" and re.fullmatch(r"[0-9]{1,6}", value.strip()):
-            return max(1, int(value))
-    return parallel if engine is Engine.LOCALAI else LLAMA_SERVER_DEFAULT_SLOTS
+def slots_for(options: Sequence[str], engine: Engine, parallel: int,
+              version: Version | None = None) -> int:
+    """Requests the engine serves at once for one model: for LocalAI see ``localai_slots``
+    (``parallel`` is LLAMACPP_PARALLEL, ``llamacpp_parallel(settings)``); llama-server:
+    options parallel:N, else its own default."""
+    if engine is Engine.LOCALAI:
+        return localai_slots(options, parallel, version)
+    return max(1, _option_parallel(options) or LLAMA_SERVER_DEFAULT_SLOTS)
+
+
+def _need(m: ModelFacts) -> int:
+    return (m.file_size or 0) + kv_cache_bytes(m)
 
 
 def fit_rule(models: Sequence[ModelFacts], ctx: LintContext) -> list[Lint]:
-    if ctx.single_active_backend or len(models) < 2 or ctx.gpu_memory_bytes is None:
-        return []
-    need = sum((m.file_size or 0) + kv_cache_bytes(m) for m in models)
-    if need <= ctx.gpu_memory_bytes:
+    if len(models) < 2 or ctx.gpu_memory_bytes is None:
         return []
     gib = 1024**3
+    gpu = ctx.gpu_memory_bytes / gib
+    if not ctx.single_active_backend:
+        need = sum(_need(m) for m in models)
+        if need <= ctx.gpu_memory_bytes:
+            return []
+        return [Lint(
+            "models-do-not-fit", None, (),
+            f"the {len(models)} models need up to {need / gib:.1f} GiB together (files + KV "
+            f"cache) but the GPU has {gpu:.1f} GiB: concurrent requests to two models will "
+            "fail (out of memory: could not load model: rpc error)",
+            "set server.single_active_backend = true, or serve fewer or smaller models")]
+    # One active backend keeps models apart only before v3.10.0 (there a request for B
+    # waits until A is idle and unloads it); llama-server's models_max 1 waits likewise.
+    v = ctx.engine_version
+    if ctx.engine is not Engine.LOCALAI or not at_least(v, 3, 10, 0, unknown=True):
+        return []
+    first, second = sorted(models, key=_need, reverse=True)[:2]
+    need = _need(first) + _need(second)
+    if need <= ctx.gpu_memory_bytes:
+        return []
+    message = (
+        f"models {first.name!r} and {second.name!r} need up to {need / gib:.1f} GiB together "
+        f"(files + KV cache) but the GPU has {gpu:.1f} GiB, and on LocalAI v3.10.0+ "
+        f"({_assumed(v)}) one active backend does not keep them apart: a request for one "
+        f"while the other is busy waits {LRU_EVICTION_RETRIES} x 1 s, then loads it beside "
+        "the busy model instead of unloading that, and the load fails (out of memory: could "
+        "not load model: rpc error)")
+    if ctx.gateway:
+        return [Lint(
+            "models-do-not-fit", None, (),
+            message + "; the supervisor's gateway ([gateway] enabled) queues that request "
+            "until the busy model is idle, so only requests sent to LocalAI directly fail",
+            "send every client through the gateway, or serve smaller models")]
     return [Lint(
         "models-do-not-fit", None, (),
-        f"the {len(models)} models need up to {need / gib:.1f} GiB together (files + KV cache) "
-        f"but the GPU has {ctx.gpu_memory_bytes / gib:.1f} GiB: concurrent requests to two "
-        "models will fail (could not load model: rpc error: code = Canceled)",
-        "set server.single_active_backend = true, or serve fewer or smaller models")]
+        message + "; the supervisor's gateway would queue that request until the busy model "
+        "is idle, but it is off",
+        "set [gateway] enabled = true (the default), or serve smaller models")]
 
 
-MODEL_RULES = (context_rules, max_tokens_rule, special_token_rules, template_rules,
-               gpu_layers_rule)
+MODEL_RULES = (context_rules, parallel_rule, max_tokens_rule, special_token_rules,
+               template_rules, gpu_layers_rule)
 
 
 def lint(models: Sequence[ModelFacts], ctx: LintContext) -> list[Lint]:
     out = [w for m in models for rule in MODEL_RULES for w in rule(m, ctx)]
     return out + fit_rule(models, ctx)
-
-
 
 
 def closest(word: str, candidates: Sequence[str]) -> str | None:

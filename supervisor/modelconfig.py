@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .findings import Problem, Severity
 from .ggufinfo import GGUFError, GGUFInfo, ModelFileInfo, inspect_model
-from .lint import Lint, LintContext, ModelFacts, closest, lint
+from .lint import Lint, LintContext, ModelFacts, chat_message_input_line, closest, lint
 from .localai_schema import LEGACY_KEYS, MODEL_KEYS, known_keys
 
 __all__ = [
@@ -202,6 +202,16 @@ def _field_line(entry_node: yaml.Node | None, loc: Iterable[int | str]) -> int |
         else:
             break
     return _line_of(node)
+
+
+def _field_node(entry_node: yaml.Node | None, loc: tuple[str, ...]) -> yaml.Node | None:
+    """The value node at a mapping path, or None when it is not there."""
+    node = entry_node
+    for key in loc:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+    return node
 
 
 def _key_line(entry_node: yaml.Node | None, loc: tuple[str, ...]) -> int | None:
@@ -392,17 +402,47 @@ def _type_problems(src: _Source, exc: ValidationError) -> list[Problem]:
     return out
 
 
-def _resolve_template(value: str, models_dir: Path) -> str:
-    """LocalAI reads ``<value>.tmpl`` from the models dir if it exists, else the text itself."""
+def _resolve_template(value: str, models_dir: Path) -> tuple[str, Path | None]:
+    """LocalAI reads ``<value>.tmpl`` from the models dir if it exists, else the text itself;
+    the path is the ``.tmpl`` file read, None for inline text."""
     if "{{" in value:
-        return value
+        return value, None
     candidate = resolve_model_path(models_dir, f"{value}.tmpl")
     try:
         if candidate is not None and candidate.is_file():
-            return candidate.read_text(encoding="utf-8", errors="replace")[:_MAX_YAML_BYTES]
+            text = candidate.read_text(encoding="utf-8", errors="replace")[:_MAX_YAML_BYTES]
+            return text, candidate
     except OSError:
         pass
-    return value
+    return value, None
+
+
+def _chat_message_input(src: _Source, model: str, text: str,
+                        tmpl_file: Path | None) -> Problem | None:
+    """An error for a ``template.chat_message`` that uses ``.Input``, located at the line of
+    the template that does: in its ``.tmpl`` file, or in the YAML."""
+    at = chat_message_input_line(text)
+    if at is None:
+        return None
+    loc = ("template", "chat_message")
+    yaml_line = _field_line(src.node, loc)
+    file, line, named = src.file, yaml_line, ""
+    if tmpl_file is not None:
+        file, line = tmpl_file, at
+        named = f" (the template named at {src.file.name}:{yaml_line})"
+    else:
+        node = _field_node(src.node, loc)
+        if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+            line = node.start_mark.line + 1 + at  # a block's text starts below its indicator
+    return Problem(
+        file, f"template.chat_message uses .Input{named}, which the per-message data does not "
+        "have (it has .Content, .RoleName, .Role, .SystemPrompt, ...): every LocalAI version "
+        "fails to render it for each message and falls back to plain role-prefixed text, so "
+        "the model never sees its chat format", line=line,
+        field=f"{model}.template.chat_message",
+        code="chat-message-input", model=model,
+        hint="use {{.Content}} for the message's text (.Input is template.chat's: every "
+             "message, already joined)")
 
 
 def _inspect(entry: ModelEntry, target: Path) -> ModelFileInfo | Pending | Problem | None:
@@ -513,10 +553,15 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
                     else:
                         files.append(ModelFile(entry.name, rel, size, fp))
         tmpl = entry.template
-        texts = {k: _resolve_template(v, models_dir) for k, v in
-                 (tmpl.model_dump(include={"chat", "chat_message", "completion", "edit"})
-                  if tmpl else {}).items() if isinstance(v, str)}
+        resolved = {k: _resolve_template(v, models_dir) for k, v in
+                    (tmpl.model_dump(include={"chat", "chat_message", "completion", "edit"})
+                     if tmpl else {}).items() if isinstance(v, str)}
+        texts = {k: text for k, (text, _) in resolved.items()}
         templates[entry.name] = texts
+        if "chat_message" in resolved:
+            wrong = _chat_message_input(src, entry.name, *resolved["chat_message"])
+            if wrong is not None:
+                problems.append(wrong)
         facts.append(ModelFacts(
             name=entry.name, context_size=entry.context_size,
             max_tokens=entry.parameters.max_tokens, gpu_layers=entry.gpu_layers,

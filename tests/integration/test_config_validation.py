@@ -149,9 +149,12 @@ def test_symlink_loop_in_models_dir_is_harmless(proc_sup: Supervised) -> None:
 def test_supervisorctl_check_without_daemon(tiny_models: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("- name: tiny-a\n  context_size: 2048\n  stopwords: ['</s>']\n"
-                   "  parameters:\n    model: tiny-a.gguf\n    max_tokens: 64\n"
-                   "  options: ['parallel:1']\n")
-    ctl = [str(BIN / "supervisorctl"), "check", str(cfg), "--models-dir", str(tiny_models)]
+                   "  parameters:\n    model: tiny-a.gguf\n    max_tokens: 64\n")
+    # One slot (LLAMACPP_PARALLEL=1: an options parallel:1 would not override the default 8).
+    settings = tmp_path / "supervisor.toml"
+    settings.write_text("[server]\nparallel = 1\n")
+    ctl = [str(BIN / "supervisorctl"), "-c", str(settings), "check", str(cfg),
+           "--models-dir", str(tiny_models)]
     ok = subprocess.run(ctl, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     cfg.write_text(cfg.read_text() + "  mlock: true\n")

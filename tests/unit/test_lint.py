@@ -17,17 +17,27 @@ from supervisor.lint import (
     Lint,
     LintContext,
     ModelFacts,
+    chat_message_input_line,
     closest,
+    context_for,
     kv_cache_bytes,
     lint,
+    llamacpp_parallel,
+    slots_for,
 )
 from supervisor.localai_schema import known_keys
 from supervisor.modelconfig import Problem, Validation, validate
-from supervisor.settings import Engine
+from supervisor.settings import Engine, Settings
 from supervisor.tinygguf import DEFAULT_CHAT_TEMPLATE, write_tiny_llama
+from supervisor.versions import Version
 
 LOCALAI = LintContext()
 LLAMA = LintContext(engine=Engine.LLAMA_SERVER)
+
+
+def on(version: str | None, **fields: Any) -> LintContext:
+    """A LocalAI context for ``version`` (None: unknown)."""
+    return LintContext(engine_version=Version.parse(version), **fields)
 
 
 def gguf(**fields: Any) -> GGUFInfo:
@@ -71,18 +81,52 @@ def test_the_baseline_facts_are_clean() -> None:
 # ---- context-size-unset -------------------------------------------------------------------
 
 
-def test_context_size_unset() -> None:
+def test_context_size_unset_version_unknown_names_every_range() -> None:
     w = only(lint([facts(context_size=None)], LOCALAI))
     assert w == Lint(
         "context-size-unset", "m", ("context_size",),
-        "context_size is not set: LocalAI up to v2.26 uses 512 tokens, v2.27-v4.6.0 take the "
-        "model's whole trained context (4096 tokens here), which may not fit in memory",
+        "context_size is not set, and what LocalAI takes then depends on its version "
+        "(unknown): 512 tokens up to v2.26; the model's whole trained context (4096 tokens "
+        "here) on v2.27-v4.6.0, which may not fit in memory; on v4.6.1+ the trained context "
+        "capped at 8192 tokens, less (down to 4096) when GPU memory is short",
         "set context_size explicitly")
 
 
 def test_context_size_unset_without_gguf_facts() -> None:
     w = only(lint([facts(context_size=None, gguf=None)], LOCALAI))
-    assert "trained context, which may not fit" in w.message
+    assert "the model's whole trained context on v2.27-v4.6.0, which may not fit" in w.message
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("v2.26.0", "context_size is not set: LocalAI up to v2.26 (v2.26.0 here) uses 512 "
+                    "tokens: answers are cut off mid-sentence past it"),
+        ("v2.27.0", "context_size is not set: LocalAI v2.27-v4.6.0 (v2.27.0 here) takes the "
+                    "model's whole trained context (131072 tokens here), whose KV cache may "
+                    "not fit in memory: the load then fails (could not load model: rpc error)"),
+        ("v4.6.0", "context_size is not set: LocalAI v2.27-v4.6.0 (v4.6.0 here) takes the "
+                   "model's whole trained context (131072 tokens here), whose KV cache may not "
+                   "fit in memory: the load then fails (could not load model: rpc error)"),
+        ("v4.6.1", "context_size is not set: LocalAI v4.6.1+ (v4.6.1 here) takes the model's "
+                   "trained context capped at 8192 tokens (8192 tokens for this model), less "
+                   "(down to 4096) when GPU memory is short, so the context depends on the GPU "
+                   "it runs on"),
+    ],
+)
+def test_context_size_unset_by_version(version: str, message: str) -> None:
+    long_context = gguf(context_length=131072)
+    w = only(lint([facts(context_size=None, gguf=long_context)], on(version)))
+    assert (w.code, w.message, w.hint) == ("context-size-unset", message,
+                                           "set context_size explicitly")
+    assert lint([facts(context_size=8192, gguf=long_context)], on(version)) == []
+
+
+def test_context_size_unset_on_v4_6_1_with_a_short_or_unknown_trained_context() -> None:
+    short = only(lint([facts(context_size=None)], on("v4.9.0")))
+    assert "(4096 tokens for this model)" in short.message
+    unknown = only(lint([facts(context_size=None, gguf=None)], on("v4.9.0")))
+    assert "(4096 when the GGUF does not say)" in unknown.message
 
 
 def test_context_size_unset_is_not_reported_for_llama_server() -> None:
@@ -161,6 +205,117 @@ def test_options_parallel_that_is_not_a_plain_number_is_ignored(value: str) -> N
     assert codes(found) == ["context-too-small"]  # the server setting (8) stands
 
 
+# ---- parallel-overridden ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [None, "v3.8.0", "v4.9.0"])
+def test_llamacpp_parallel_overrides_options_parallel_1(version: str | None) -> None:
+    # LLAMACPP_PARALLEL applies whenever the model's parallel is 1: an explicit parallel:1 too.
+    found = lint([facts(context_size=4095, options=("parallel:1",))],
+                 on(version, parallel=8))
+    assert codes(found) == ["context-too-small", "parallel-overridden"]
+    assert found[0].message.startswith("about 511 tokens per request split over 8 parallel")
+    why = ("LocalAI v3.8.0+ applies it to every model whose parallel is 1, and earlier "
+           "versions read no parallel option" if version is None else
+           f"LocalAI v3.8.0+ ({version} here) applies it to every model whose parallel is 1")
+    assert found[1] == Lint(
+        "parallel-overridden", "m", ("options",),
+        "options parallel:1 does not make this model serve one request at a time: "
+        f"LLAMACPP_PARALLEL=8 (server.parallel) overrides it ({why}), so it gets 8 slots",
+        "for one slot set server.parallel to 1 and give the models that need more options "
+        "parallel:N; otherwise remove parallel:1")
+
+
+def test_the_override_names_where_llamacpp_parallel_is_set() -> None:
+    ctx = on("v4.9.0", parallel=4, parallel_setting="LLAMACPP_PARALLEL in localai.environment")
+    w = only(lint([facts(options=("parallel:1",))], ctx))
+    assert "LLAMACPP_PARALLEL=4 (LLAMACPP_PARALLEL in localai.environment) overrides it" in (
+        w.message)
+    assert w.hint.startswith("for one slot set LLAMACPP_PARALLEL in localai.environment to 1")
+
+
+@pytest.mark.parametrize(
+    ("options", "parallel", "version"),
+    [
+        (("parallel:1",), 1, None),  # LLAMACPP_PARALLEL=1: one slot, as asked
+        (("parallel:2",), 8, None),  # N > 1 wins on v3.8.0+ (assumed)
+        (("parallel:2",), 8, "v3.8.0"),
+        (("n_parallel:2",), 8, "v3.8.0"),
+        (("parallel:1", "parallel:2"), 8, "v4.9.0"),  # the last one wins
+        (("parallel:2",), 2, "v3.7.0"),  # ignored, but what LLAMACPP_PARALLEL gives anyway
+        ((), 2, "v3.7.0"),
+    ],
+)
+def test_options_parallel_followed(options: tuple[str, ...], parallel: int,
+                                   version: str | None) -> None:
+    assert lint([facts(options=options)], on(version, parallel=parallel)) == []
+
+
+def test_options_parallel_is_ignored_before_v3_8() -> None:
+    found = lint([facts(context_size=4095, options=("parallel:2",))], on("v3.7.0", parallel=8))
+    assert codes(found) == ["context-too-small", "parallel-overridden"]
+    assert found[0].message.startswith("about 511 tokens per request split over 8 parallel")
+    assert found[1] == Lint(
+        "parallel-overridden", "m", ("options",),
+        "options parallel:2 is ignored: LocalAI before v3.8.0 (v3.7.0 here) reads no parallel "
+        "option, so LLAMACPP_PARALLEL=8 (server.parallel) sets this model's slots",
+        "set server.parallel to 2 (it applies to every model), or run LocalAI v3.8.0+")
+    one = only(lint([facts(options=("parallel:1",))], on("v3.7.0", parallel=2)))
+    assert one.message.startswith("options parallel:1 is ignored: LocalAI before v3.8.0")
+    # v3.8.0 reads it: 2 slots of 2047 tokens, nothing to say.
+    assert lint([facts(context_size=4095, options=("parallel:2",))],
+                 on("v3.8.0", parallel=8)) == []
+
+
+def test_options_parallel_is_not_localai_s_on_llama_server() -> None:
+    assert lint([facts(options=("parallel:1",))], LintContext(engine=Engine.LLAMA_SERVER,
+                                                              parallel=8)) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "parallel", "version", "slots"),
+    [
+        (("parallel:1",), 8, None, 8),
+        (("parallel:1",), 8, "v3.8.0", 8),
+        (("parallel:4",), 8, None, 4),
+        (("parallel:4",), 8, "v3.7.0", 8),
+        (("parallel:4",), 8, "v3.8.0", 4),
+        (("parallel:0",), 8, "v3.8.0", 1),
+        ((), 3, None, 3),
+    ],
+)
+def test_slots_for_localai(options: tuple[str, ...], parallel: int, version: str | None,
+                           slots: int) -> None:
+    assert slots_for(options, Engine.LOCALAI, parallel, Version.parse(version)) == slots
+
+
+def test_slots_for_llama_server() -> None:
+    assert slots_for((), Engine.LLAMA_SERVER, 8) == 4
+    assert slots_for(("parallel:1",), Engine.LLAMA_SERVER, 8) == 1
+
+
+@pytest.mark.parametrize(
+    ("environment", "parallel"),
+    [
+        ({}, 8),  # server.parallel's default
+        ({"LLAMACPP_PARALLEL": "1"}, 1),
+        ({"llamacpp_parallel": "3"}, 3),  # names are upper-cased by the settings
+        ({"LLAMACPP_PARALLEL": " 4x"}, 4),  # std::stoi: leading digits
+        ({"LLAMACPP_PARALLEL": "many"}, 1),  # unreadable: the backend keeps 1
+        ({"LLAMACPP_PARALLEL": "0"}, 1),
+        ({"LLAMACPP_PARALLEL": "9" * 40}, 1),  # out of range for stoi
+    ],
+)
+def test_llamacpp_parallel_follows_the_rendered_environment(environment: dict[str, str],
+                                                             parallel: int) -> None:
+    settings = Settings(localai={"environment": environment})
+    assert llamacpp_parallel(settings) == parallel
+    ctx = context_for(settings)
+    assert ctx.parallel == parallel
+    assert ctx.parallel_setting == ("server.parallel" if not environment else
+                                    "LLAMACPP_PARALLEL in localai.environment")
+
+
 # ---- max-tokens-unset ---------------------------------------------------------------------
 
 
@@ -178,12 +333,43 @@ def test_max_tokens_unset() -> None:
 
 
 def test_special_tokens_missing_from_stopwords() -> None:
-    w = only(lint([facts(stopwords=())], LOCALAI))
+    w = only(lint([facts(stopwords=(), templates={"chat": "{{.Input}}"})], LOCALAI))
     assert w == Lint(
         "special-tokens", "m", ("stopwords",),
         "the model ends turns with '</s>' but stopwords does not list it: special tokens will "
         "appear at the end of answers",
         "add '</s>' to stopwords, or set template.use_tokenizer_template: true")
+    # A Go template is LocalAI's on every version: v3.8.0+ warns the same.
+    assert lint([facts(stopwords=(), templates={"chat": "{{.Input}}"})], on("v3.8.0")) == [w]
+
+
+@pytest.mark.parametrize(
+    ("version", "message", "hint"),
+    [
+        (None, "the model ends turns with '</s>' but stopwords does not list it: special "
+               "tokens will appear at the end of answers on LocalAI before v3.8.0 (version "
+               "unknown: assumed; v3.8.0+ uses the GGUF's chat template for a config with no "
+               "template)", "add '</s>' to stopwords, or set template.use_tokenizer_template: "
+                            "true"),
+        ("v3.7.1", "the model ends turns with '</s>' but stopwords does not list it: special "
+                   "tokens will appear at the end of answers on LocalAI before v3.8.0 (v3.7.1 "
+                   "here; v3.8.0+ uses the GGUF's chat template for a config with no template)",
+         "add '</s>' to stopwords"),
+    ],
+)
+def test_special_tokens_with_no_template_before_v3_8(version: str | None, message: str,
+                                                     hint: str) -> None:
+    w = only(lint([facts(stopwords=())], on(version)))
+    assert (w.code, w.path, w.message, w.hint) == ("special-tokens", ("stopwords",), message,
+                                                   hint)
+
+
+@pytest.mark.parametrize("version", ["v3.8.0", "v4.9.0"])
+def test_no_special_tokens_warning_with_no_template_on_v3_8(version: str) -> None:
+    # v3.8.0+ switches use_tokenizer_template on by itself: the GGUF's template ends turns.
+    assert lint([facts(stopwords=())], on(version)) == []
+    # An empty template value is no template (LocalAI's HasTemplate()).
+    assert lint([facts(stopwords=(), templates={"chat": ""})], on(version)) == []
 
 
 def test_special_tokens_eos_and_eot_are_both_checked() -> None:
@@ -243,10 +429,31 @@ def test_template_end_marker() -> None:
     assert lint([facts(templates={"chat": chat})], LLAMA) == []
 
 
-def test_template_end_marker_is_skipped_with_the_tokenizer_template() -> None:
-    # LocalAI ignores the Go templates when use_tokenizer_template is set.
+@pytest.mark.parametrize("version", [None, "v3.8.0", "v4.9.0"])
+def test_template_end_marker_is_skipped_with_the_tokenizer_template(version: str | None) -> None:
+    # v3.8.0+ (assumed when unknown) ignores the Go templates with use_tokenizer_template.
     chat = "{{.Input}}<|im_end|>"
-    assert lint([facts(templates={"chat": chat}, use_tokenizer_template=True)], LOCALAI) == []
+    assert lint([facts(templates={"chat": chat}, use_tokenizer_template=True, stopwords=())],
+                on(version)) == []
+
+
+def test_the_tokenizer_template_before_v3_8_is_unsupported_and_silences_nothing() -> None:
+    chat = "{{.Input}}<|im_end|>"
+    found = lint([facts(templates={"chat": chat}, use_tokenizer_template=True, stopwords=())],
+                 on("v3.7.0"))
+    assert codes(found) == ["special-tokens", "template-end-marker",
+                            "tokenizer-template-unsupported"]
+    assert found[2] == Lint(
+        "tokenizer-template-unsupported", "m", ("template", "use_tokenizer_template"),
+        "template.use_tokenizer_template is honoured by LocalAI's llama.cpp backend only since "
+        "v3.8.0 (v3.7.0 here): before that LocalAI skips its own chat templating and the "
+        "backend ignores the messages, so the model gets an empty prompt",
+        "write template.chat / chat_message and stopwords, or run LocalAI v3.8.0+")
+    # Unsupported is the finding, not a GGUF without a chat template.
+    bare = lint([facts(use_tokenizer_template=True, gguf=gguf(chat_template=None))],
+                on("v3.7.0"))
+    assert codes(bare) == ["tokenizer-template-unsupported"]
+    assert lint([facts(use_tokenizer_template=True)], LLAMA) == []
 
 
 def test_template_end_markers_in_every_template_are_reported() -> None:
@@ -264,7 +471,7 @@ def test_template_end_markers_in_every_template_are_reported() -> None:
     [
         ("chat", "{{.System}} hello", ".Input"),
         ("completion", "{{.Content}}", ".Input"),
-        ("chat_message", "{{.RoleName}}:", ".Content or .Input"),
+        ("chat_message", "{{.RoleName}}:", ".Content"),
         ("edit", "{{.System}}", ".Input or .Instruction"),
     ],
 )
@@ -289,6 +496,33 @@ def test_template_ignores_input(key: str, text: str, wanted: str) -> None:
 )
 def test_template_uses_its_input(key: str, text: str) -> None:
     assert lint([facts(templates={key: text})], LOCALAI) == []
+
+
+def test_chat_message_using_input_is_left_to_modelconfig_s_error() -> None:
+    # modelconfig rejects it with the template's line (test_modelconfig.py); no warning too.
+    assert lint([facts(templates={"chat_message": "{{.RoleName}}: {{.Input}}"})],
+                LOCALAI) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("{{.Input}}", 1),
+        ("{{.RoleName}}:\n{{ .Input }}", 2),
+        ("{{- if .Content -}}\n{{ $.Input }}{{ end }}", 2),
+        ("{{\n  .Input\n}}", 2),
+        ("{{ printf \"%s\" .Input }}", 1),
+        ("{{.Content}}", None),
+        ("{{.InputTokens}}", None),
+        ("{{.Content.Input}}", None),  # a field of a field, not the message data's
+        ("{{/* .Input */}}{{.Content}}", None),
+        ("{{- /* .Input */ -}}", None),
+        (".Input {{.Content}}", None),  # outside any action: plain text
+        ("chatml", None),
+    ],
+)
+def test_chat_message_input_line(text: str, line: int | None) -> None:
+    assert chat_message_input_line(text) == line
 
 
 def test_template_ignores_input_is_reported_for_llama_server_too() -> None:
@@ -344,27 +578,82 @@ def test_models_do_not_fit() -> None:
     assert w == Lint(
         "models-do-not-fit", None, (),
         "the 2 models need up to 4.0 GiB together (files + KV cache) but the GPU has 2.0 GiB: "
-        "concurrent requests to two models will fail (could not load model: rpc error: code = "
-        "Canceled)",
+        "concurrent requests to two models will fail (out of memory: could not load model: rpc "
+        "error)",
         "set server.single_active_backend = true, or serve fewer or smaller models")
 
 
 @pytest.mark.parametrize(
     "ctx",
     [
-        LintContext(single_active_backend=True, gpu_memory_bytes=2 * 2**30),
+        on("v3.9.0", single_active_backend=True, gpu_memory_bytes=2 * 2**30),
         LintContext(single_active_backend=False, gpu_memory_bytes=None),
         LintContext(single_active_backend=False, gpu_memory_bytes=5 * 2**30),
+        on("v4.9.0", single_active_backend=True, gpu_memory_bytes=5 * 2**30),
     ],
-    ids=["single-active", "memory-unknown", "fits"],
+    ids=["single-active-before-v3.10", "memory-unknown", "fits", "single-active-fits"],
 )
 def test_models_fit_or_are_not_checked(ctx: LintContext) -> None:
+    assert lint(TWO, ctx) == []
+
+
+FIT_V310 = (
+    "models 'a' and 'b' need up to 4.0 GiB together (files + KV cache) but the GPU has 2.0 "
+    "GiB, and on LocalAI v3.10.0+ ({}) one active backend does not keep them apart: a "
+    "request for one while the other is busy waits 30 x 1 s, then loads it beside the busy "
+    "model instead of unloading that, and the load fails (out of memory: could not load "
+    "model: rpc error)")
+
+
+@pytest.mark.parametrize(("version", "assumed"), [(None, "version unknown: assumed"),
+                                                  ("v3.10.0", "v3.10.0 here")])
+def test_models_do_not_fit_beside_a_busy_one_on_v3_10(version: str | None,
+                                                      assumed: str) -> None:
+    w = only(lint(TWO, on(version, single_active_backend=True, gpu_memory_bytes=2 * 2**30)))
+    assert w == Lint(
+        "models-do-not-fit", None, (),
+        FIT_V310.format(assumed) + "; the supervisor's gateway ([gateway] enabled) queues that "
+        "request until the busy model is idle, so only requests sent to LocalAI directly fail",
+        "send every client through the gateway, or serve smaller models")
+
+
+def test_models_do_not_fit_beside_a_busy_one_without_the_gateway() -> None:
+    ctx = on("v4.9.0", single_active_backend=True, gpu_memory_bytes=2 * 2**30, gateway=False)
+    w = only(lint(TWO, ctx))
+    assert w.message == (FIT_V310.format("v4.9.0 here") + "; the supervisor's gateway would "
+                         "queue that request until the busy model is idle, but it is off")
+    assert w.hint == "set [gateway] enabled = true (the default), or serve smaller models"
+
+
+@pytest.mark.parametrize("version", ["v3.9.0", "v3.9.9", "v2.27.0"])
+def test_one_active_backend_keeps_models_apart_before_v3_10(version: str) -> None:
+    assert lint(TWO, on(version, single_active_backend=True, gpu_memory_bytes=2 * 2**30)) == []
+
+
+def test_one_active_backend_counts_the_two_largest_models_only() -> None:
+    three = [*TWO, facts(name="c", file_size=2**29)]  # 3 + 1 + 0.5 GiB
+    ctx = on("v4.9.0", single_active_backend=True, gpu_memory_bytes=int(4.2 * 2**30))
+    assert lint(three, ctx) == []  # a and b fit side by side; c never joins a busy pair here
+    w = only(lint([three[2], *TWO], on("v4.9.0", single_active_backend=True,
+                                        gpu_memory_bytes=int(3.9 * 2**30))))
+    assert w.message.startswith("models 'a' and 'b' need up to 4.0 GiB together")
+    # Every model resident at once is another matter: all three count.
+    assert codes(lint(three, LintContext(single_active_backend=False,
+                                         gpu_memory_bytes=int(4.2 * 2**30)))) == [
+        "models-do-not-fit"]
+
+
+def test_llama_server_with_one_model_waits_instead() -> None:
+    # models_max 1: the request for B waits for A (LOCALAI-NOTES, router mode): nothing to fit.
+    ctx = LintContext(engine=Engine.LLAMA_SERVER, single_active_backend=True,
+                      gpu_memory_bytes=2 * 2**30)
     assert lint(TWO, ctx) == []
 
 
 def test_one_model_is_never_a_fit_problem() -> None:
     ctx = LintContext(single_active_backend=False, gpu_memory_bytes=1)
     assert lint([facts(file_size=10**12)], ctx) == []
+    assert lint([facts(file_size=10**12)], on(None, gpu_memory_bytes=1)) == []
 
 
 def test_kv_cache_bytes() -> None:
@@ -388,12 +677,13 @@ def test_kv_cache_counts_towards_the_fit() -> None:
 
 
 def test_lint_is_pure_and_ordered_by_model_then_rule() -> None:
-    models = [facts(name="a", context_size=None, max_tokens=None),
+    models = [facts(name="a", context_size=None, max_tokens=None, options=("parallel:1",)),
               facts(name="b", gpu_layers=9, stopwords=())]
-    first = lint(models, LOCALAI)
-    assert lint(models, LOCALAI) == first
+    ctx = LintContext(parallel=2)
+    first = lint(models, ctx)
+    assert lint(models, ctx) == first
     assert [(w.model, w.code) for w in first] == [
-        ("a", "context-size-unset"), ("a", "max-tokens-unset"),
+        ("a", "context-size-unset"), ("a", "parallel-overridden"), ("a", "max-tokens-unset"),
         ("b", "special-tokens"), ("b", "gpu-layers-exceed")]
 
 
@@ -425,9 +715,6 @@ def test_closest_with_no_candidates() -> None:
 
 
 def test_context_for_settings() -> None:
-    from supervisor.lint import context_for
-    from supervisor.settings import Settings
-
     ctx = context_for(Settings(server={"engine": "llama-server", "parallel": 3,
                                        "single_active_backend": False,
                                        "gpu_memory_gb": 24}))
@@ -436,6 +723,16 @@ def test_context_for_settings() -> None:
     half = context_for(Settings(server={"gpu_memory_gb": 0.5}))
     assert half.gpu_memory_bytes == 512 * 1024**2
     assert context_for(Settings()).gpu_memory_bytes is None
+
+
+def test_context_for_version_and_gateway() -> None:
+    assert context_for(Settings()).engine_version is None
+    assert context_for(Settings()).gateway is True
+    pinned = Settings(localai={"version": "v3.9.0"}, gateway={"enabled": False})
+    ctx = context_for(pinned)
+    assert (ctx.engine_version, ctx.gateway) == (Version(3, 9, 0), False)
+    # A version learnt from the server wins over the setting.
+    assert context_for(pinned, Version(4, 9, 0)).engine_version == Version(4, 9, 0)
 
 
 # ---- through validate(): real tiny models, located in the YAML ----------------------------
@@ -507,6 +804,15 @@ def test_validate_context_too_small(tmp_path: Path, models: Path) -> None:
     assert warnings_of(tmp_path, models, with_option, ctx) == []
 
 
+def test_validate_parallel_overridden(tmp_path: Path, models: Path) -> None:
+    text = CLEAN + "  options: [\"parallel:1\"]\n"
+    found = warnings_of(tmp_path, models, text, LintContext(parallel=8))
+    assert [w.code for w in found] == ["context-too-small", "parallel-overridden"]
+    w = found[1]
+    assert (w.field, w.line) == ("a.options", 7)
+    assert warnings_of(tmp_path, models, text, LintContext(parallel=1)) == []
+
+
 def test_validate_max_tokens_unset(tmp_path: Path, models: Path) -> None:
     w = one(warnings_of(tmp_path, models, CLEAN.replace("    max_tokens: 256\n", "")),
             "max-tokens-unset")
@@ -521,6 +827,10 @@ def test_validate_special_tokens(tmp_path: Path, models: Path) -> None:
     assert warnings_of(tmp_path, models, text + "  template:\n    use_tokenizer_template: true\n"
                        ) == []
     assert warnings_of(tmp_path, models, text, LLAMA) == []
+    # No template at all: v3.8.0+ uses the GGUF's own chat template; v3.7.x does not.
+    assert warnings_of(tmp_path, models, text, on("v3.8.0")) == []
+    assert [w.code for w in warnings_of(tmp_path, models, text, on("v3.7.9"))] == [
+        "special-tokens"]
 
 
 def test_validate_template_end_marker(tmp_path: Path, models: Path) -> None:
@@ -562,7 +872,7 @@ TWO_MODELS = CLEAN + CLEAN.replace("name: a", "name: b")
     ("ctx", "warns"),
     [
         (LintContext(single_active_backend=False, gpu_memory_bytes=100_000), True),
-        (LintContext(single_active_backend=True, gpu_memory_bytes=100_000), False),
+        (on("v3.9.0", single_active_backend=True, gpu_memory_bytes=100_000), False),
         (LintContext(single_active_backend=False, gpu_memory_bytes=None), False),
         (LintContext(single_active_backend=False, gpu_memory_bytes=10**9), False),
     ],
@@ -576,3 +886,11 @@ def test_validate_models_do_not_fit(tmp_path: Path, models: Path, ctx: LintConte
         assert (w.file, w.line, w.field, w.model) == (tmp_path / "config.yaml", None, None,
                                                       None)
         assert w.message.startswith("the 2 models need up to 0.0 GiB together")
+
+
+def test_validate_models_do_not_fit_beside_a_busy_one(tmp_path: Path, models: Path) -> None:
+    found = warnings_of(tmp_path, models, TWO_MODELS,
+                        on(None, single_active_backend=True, gpu_memory_bytes=100_000))
+    (w,) = found
+    assert (w.code, w.line, w.field) == ("models-do-not-fit", None, None)
+    assert w.message.startswith("models 'a' and 'b' need up to 0.0 GiB together")

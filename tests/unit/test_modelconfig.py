@@ -473,3 +473,73 @@ def test_revision_changes_when_a_tmpl_file_a_model_uses_changes(tmp_path: Path) 
     assert load_model_set(config, models).revision == before
     (models / "chat-tpl.tmpl").write_text("<s>[INST] {{.Input}} [/INST]")
     assert load_model_set(config, models).revision != before
+
+
+# ---- chat-message-input: an error, at the template's line ---------------------------------
+
+CHAT_MESSAGE_FIX = ("use {{.Content}} for the message's text (.Input is template.chat's: every "
+                    "message, already joined)")
+
+
+@pytest.mark.parametrize(
+    ("template", "line"),
+    [
+        ('    chat_message: "{{.RoleName}}: {{.Input}}"\n', 4),
+        ("    chat_message: |\n      <|im_start|>{{.RoleName}}\n      {{.Input}}<|im_end|>\n",
+         6),
+        ("    chat_message: |-\n      {{ if .Content }}{{ $.Input }}{{ end }}\n", 5),
+        ("    chat_message: >\n      {{.Input}}\n", 5),
+    ],
+    ids=["inline", "block-third-line", "dollar-root", "folded"],
+)
+def test_chat_message_using_input_is_an_error_at_its_line(config: Path, models: Path,
+                                                          template: str, line: int) -> None:
+    text = ("- name: a\n  parameters: {model: tiny-a.gguf}\n  template:\n" + template)
+    p = only(rejected(config, models, text))
+    assert (p.file, p.line, p.field, p.code, p.model) == (
+        config, line, "a.template.chat_message", "chat-message-input", "a")
+    assert p.severity is Severity.ERROR
+    assert p.message == (
+        "template.chat_message uses .Input, which the per-message data does not have (it has "
+        ".Content, .RoleName, .Role, .SystemPrompt, ...): every LocalAI version fails to render "
+        "it for each message and falls back to plain role-prefixed text, so the model never "
+        "sees its chat format")
+    assert p.hint == CHAT_MESSAGE_FIX
+
+
+def test_chat_message_using_input_in_a_tmpl_file_names_the_file_and_line(
+        config: Path, models: Path) -> None:
+    (models / "msg.tmpl").write_text("<|im_start|>{{.RoleName}}\n{{.Input}}<|im_end|>\n")
+    text = "- name: a\n  parameters: {model: tiny-a.gguf}\n  template:\n    chat_message: msg\n"
+    p = only(rejected(config, models, text))
+    assert (p.file, p.line, p.field, p.code) == (
+        models / "msg.tmpl", 2, "a.template.chat_message", "chat-message-input")
+    assert p.message.startswith("template.chat_message uses .Input (the template named at "
+                                "config.yaml:4), which the per-message data does not have")
+    assert str(p).startswith(f"{models / 'msg.tmpl'}:2: a.template.chat_message: ")
+    (models / "msg.tmpl").write_text("<|im_start|>{{.RoleName}}\n{{.Content}}<|im_end|>\n")
+    assert load_model_set(config, models).names == ("a",)
+
+
+@pytest.mark.parametrize(
+    "chat_message",
+    [
+        '"{{.RoleName}}: {{.Content}}"',
+        '"{{/* not .Input */}}{{.Content}}"',
+        '"{{.Content}} .Input is outside any action"',
+        '"{{.InputTokens}}{{.Content}}"',
+    ],
+)
+def test_chat_message_without_input_is_no_error(config: Path, models: Path,
+                                                chat_message: str) -> None:
+    text = ("- name: a\n  parameters: {model: tiny-a.gguf}\n  template:\n"
+            f"    chat_message: {chat_message}\n")
+    config.write_text(text)
+    assert load_model_set(config, models).names == ("a",)
+
+
+def test_input_is_fine_in_the_chat_template(config: Path, models: Path) -> None:
+    # template.chat is rendered once with .Input (the joined messages): no error there.
+    text = "- name: a\n  parameters: {model: tiny-a.gguf}\n  template:\n    chat: '{{.Input}}'\n"
+    config.write_text(text)
+    assert load_model_set(config, models).names == ("a",)
