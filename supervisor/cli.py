@@ -105,8 +105,17 @@ def _render(settings: Settings) -> int:
         for p in exc.problems:
             print(f"error: {p}", file=sys.stderr)
         return 2
-    spec, launch = build_spec(settings, models, engine, program_for(settings, engine))
+    from .configuration import read_api_key
+
+    try:
+        api_key = read_api_key(settings.localai.api_key_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    spec, launch = build_spec(settings, models, engine, program_for(settings, engine), api_key)
     out = asdict(spec)
+    out["files"] = [{**f, "content": "(secret: not shown)"} if f["secret"] else f
+                    for f in out["files"]]
     out["digest"] = spec.digest()
     out["dropped_fields"] = {name: list(f) for name, f in launch.dropped}
     print(json.dumps(out, indent=2, default=str))

@@ -55,6 +55,8 @@ class Checked:
     spec: ServerSpec | None = None
     dropped: tuple[tuple[str, tuple[str, ...]], ...] = ()
     env_notes: tuple[tuple[str, str], ...] = ()
+    # Read from localai.api_key_file: the probes send it.
+    api_key: str | None = field(default=None, repr=False)
     spec_error: str | None = None
     # Size of each pending (incomplete) file, to tell a copy in progress from a stopped one.
     pending_sizes: Mapping[str, int] = field(default_factory=dict)
@@ -93,11 +95,28 @@ def check(settings: Settings, engine: EngineAdapter,
         stats[str(path)] = (st.st_size, st.st_mtime_ns)
         models_of[str(path)] = f.name
     try:
-        spec, launch = build_spec(settings, result.models, engine, program_for(settings, engine))
+        api_key = read_api_key(settings.localai.api_key_file)
+        spec, launch = build_spec(settings, result.models, engine, program_for(settings, engine),
+                                  api_key)
     except ValueError as exc:
         return Checked(result, stats, models_of, spec_error=str(exc))
     return Checked(result, stats, models_of, spec, tuple(launch.dropped),
-                   env_notes=launch.env_notes)
+                   env_notes=launch.env_notes, api_key=api_key)
+
+
+def read_api_key(path: Path | None) -> str | None:
+    """The key in ``localai.api_key_file`` (surrounding whitespace dropped). Blocking. The
+    messages never show the key."""
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"localai.api_key_file {path}: cannot read it "
+                         f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from exc
+    if not key or any(c.isspace() for c in key):
+        raise ValueError(f"localai.api_key_file {path}: must hold one key, without spaces")
+    return key
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,7 @@ class ConfigApplied:
     # No configuration was applied before: the server has not been started yet.
     first: bool
     reason: str
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -278,7 +298,8 @@ class ConfigOwner:
         self._journal.note("config.applied", f"revision {old} -> {models.revision} ({reason})")
         self._notify(ConfigApplied(models, spec, dict(v.ggufs), old is None,
                                  f"config changed ({reason}): revision {old} -> "
-                                 f"{models.revision}" if old else f"config ready ({reason})"))
+                                 f"{models.revision}" if old else f"config ready ({reason})",
+                                 checked.api_key))
         return CheckOutcome.APPLIED, ReloadResult(applied=True, restarting=True,
                                              revision=models.revision)
 

@@ -359,6 +359,7 @@ class Daemon:
                     self._on_restart(request)
 
     def _on_config_applied(self, msg: ConfigApplied) -> None:
+        self._prober.set_api_key(msg.api_key)
         self.models.configure(msg.models, msg.ggufs)
         if self.gateway is not None:
             self.gateway.configure(msg.models, msg.ggufs)

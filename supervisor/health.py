@@ -40,6 +40,8 @@ class Probing(Protocol):
 
     async def call(self, call: Call, timeout: float) -> tuple[int, str]: ...
 
+    def set_api_key(self, key: str | None) -> None: ...
+
     async def loaded(self) -> dict[str, LoadState] | None: ...
 
     async def activity(self, loaded: list[str], timeout: float | None = None) -> Activity: ...
@@ -53,6 +55,11 @@ class Prober:
         self._engine = engine
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
+
+    def set_api_key(self, key: str | None) -> None:
+        """Every request from now on carries it (LocalAI answers 401 without it)."""
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -66,7 +73,7 @@ class Prober:
     async def liveness(self, instance: str) -> ProbeResult:
         url = self._base + self._engine.liveness_path
         try:
-            async with self._http().get(url) as resp:
+            async with self._http().get(url, headers=self._headers) as resp:
                 await resp.read()
                 if resp.status == 200:
                     return ProbeResult(instance, ProbeKind.LIVENESS, True)
@@ -85,7 +92,7 @@ class Prober:
     ) -> tuple[ProbeResult, ModelsSeen]:
         path = self._engine.readiness_path
         try:
-            async with self._http().get(self._base + path) as resp:
+            async with self._http().get(self._base + path, headers=self._headers) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     return (ProbeResult(instance, ProbeKind.READINESS, False,
@@ -116,7 +123,7 @@ class Prober:
         """Send one described request; (0, reason) when there was no HTTP answer."""
         try:
             async with self._http().request(
-                call.method, self._base + call.path, json=call.body,
+                call.method, self._base + call.path, json=call.body, headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 return resp.status, (await resp.read()).decode("utf-8", "replace")

@@ -123,6 +123,9 @@ class LocalAISection(_Section):
     # The LocalAI version run (e.g. "v4.9.0"); unset: read from the image's label, then from
     # the server's GET /version once it is up. Behaviour that differs by version follows it.
     version: str | None = None
+    # A file holding the API key LocalAI asks of every client: passed to LocalAI in a file
+    # (api_keys.json), never in its environment or arguments, and sent with every probe.
+    api_key_file: Path | None = None
     # Added to (and overriding) the engine's defaults; see engines/localai.py.
     environment: dict[str, str] = Field(default_factory=dict)
     extra_args: list[str] = Field(default_factory=list)

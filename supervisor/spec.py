@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,12 +72,14 @@ def rendered_dir(settings: Settings) -> Path:
 
 
 def build_spec(
-    settings: Settings, models: ModelSet, engine: EngineAdapter, program: str
+    settings: Settings, models: ModelSet, engine: EngineAdapter, program: str,
+    api_key: str | None = None,
 ) -> tuple[ServerSpec, EngineLaunch]:
-    """Pure: settings + a valid model set → the spec to run, plus the engine's render."""
+    """Pure: settings + a valid model set (+ the API key read from its file) → the spec to
+    run, plus the engine's render."""
     out_dir = rendered_dir(settings)
     paths = server_paths(settings, out_dir)
-    launch = engine.render(models, paths, settings)
+    launch = engine.render(models, paths, settings, api_key)
     srv = settings.server
     mounts: tuple[Mount, ...] = ()
     if srv.runtime is RuntimeKind.DOCKER:
@@ -109,5 +112,8 @@ def write_rendered(spec: ServerSpec, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for f in spec.files:
         tmp = directory / f".{f.name}.tmp"
-        tmp.write_text(f.content)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if f.secret else 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(f.content)
         tmp.replace(directory / f.name)

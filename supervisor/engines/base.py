@@ -26,6 +26,8 @@ class ServerPaths:
 class RenderedFile:
     name: str
     content: str
+    # Holds a secret: written 0600, never printed.
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ class EngineAdapter(Protocol):
     readiness_path: str
     default_binary: str
 
-    def render(self, models: ModelSet, paths: ServerPaths, settings: Settings) -> EngineLaunch:
+    def render(self, models: ModelSet, paths: ServerPaths, settings: Settings,
+               api_key: str | None = None) -> EngineLaunch:
         ...
 
     def listed_models(self, body: Any) -> dict[str, LoadState | None]:

@@ -149,7 +149,8 @@ class LlamaServerEngine:
     readiness_path = "/models"
     default_binary = "llama-server"
 
-    def render(self, models: ModelSet, paths: ServerPaths, settings: Settings) -> EngineLaunch:
+    def render(self, models: ModelSet, paths: ServerPaths, settings: Settings,
+               api_key: str | None = None) -> EngineLaunch:
         srv = settings.server
         models_max = settings.llama_server.models_max or (
             1 if srv.single_active_backend else DEFAULT_MODELS_MAX)

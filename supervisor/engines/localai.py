@@ -21,6 +21,7 @@ from .base import (
     Activity,
     Call,
     EngineLaunch,
+    RenderedFile,
     RestartAnswer,
     ServerPaths,
     metric_samples,
@@ -68,6 +69,7 @@ def environment(settings: Settings) -> tuple[dict[str, str], tuple[tuple[str, st
     return {**mine, **user}, tuple(notes)
 
 
+API_KEYS_FILE = "api_keys.json"
 _RETRY_AFTER = re.compile(r"retry after ((?:\d+h)?(?:\d+m)?(?:\d+(?:\.\d+)?s)?)")
 # LocalAI's first cooldown, when the answer does not say.
 COOLDOWN_FALLBACK_SECONDS = 10.0
@@ -92,8 +94,15 @@ class LocalAIEngine:
     readiness_path = "/v1/models"
     default_binary = "local-ai"
 
-    def render(self, models: ModelSet, paths: ServerPaths, settings: Settings) -> EngineLaunch:
+    def render(self, models: ModelSet, paths: ServerPaths, settings: Settings,
+               api_key: str | None = None) -> EngineLaunch:
         env, notes = environment(settings)
+        files: tuple[RenderedFile, ...] = ()
+        if api_key is not None:
+            # LocalAI reads api_keys.json from LOCALAI_CONFIG_DIR (v2.1.0+,
+            # core/application/config_file_watcher.go): the key stays out of `docker inspect`.
+            files = (RenderedFile(API_KEYS_FILE, json.dumps([api_key]), secret=True),)
+            env["LOCALAI_CONFIG_DIR"] = paths.rendered_dir
         args = (
             "run",
             "--config-file", paths.model_config,
@@ -101,7 +110,8 @@ class LocalAIEngine:
             "--address", f"{settings.endpoint.listen_host}:{settings.endpoint.listen_port}",
             *settings.localai.extra_args,
         )
-        return EngineLaunch(args=args, env=tuple(sorted(env.items())), env_notes=notes)
+        return EngineLaunch(args=args, env=tuple(sorted(env.items())), files=files,
+                            env_notes=notes)
 
     def listed_models(self, body: Any) -> dict[str, LoadState | None]:
         data = body.get("data") if isinstance(body, dict) else None

@@ -200,6 +200,7 @@ class FakeProber:
     probes_time_out: bool = False
     progress_per_read: float = 0.0
     work: float = 0.0
+    api_key: str | None = None
     # Fixed answers by path (e.g. "/version").
     answers: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -235,6 +236,9 @@ class FakeProber:
 
     async def loaded(self) -> dict[str, LoadState] | None:
         return {}
+
+    def set_api_key(self, key: str | None) -> None:
+        self.api_key = key
 
     async def activity(self, loaded: list[str], timeout: float | None = None) -> Activity:
         self.work += self.progress_per_read

@@ -44,6 +44,7 @@ def test_documented_values_are_the_defaults(tmp_path: Path) -> None:
     doc["docker"].pop("host")
     doc["process"].pop("binary")
     doc["localai"].pop("version")
+    doc["localai"].pop("api_key_file")
     path = tmp_path / "uncommented.toml"
     path.write_text("\n".join(
         f"[{sec}]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in vals.items())
