@@ -70,6 +70,8 @@ def environment(settings: Settings) -> tuple[dict[str, str], tuple[tuple[str, st
 
 
 API_KEYS_FILE = "api_keys.json"
+# "model not found" (v4.1.0 to v4.7.x), "model tiny-b not found" (v3.9.x): pkg/model/process.go.
+_NOT_FOUND = re.compile(r"model (\S+ )?not found")
 _RETRY_AFTER = re.compile(r"retry after ((?:\d+h)?(?:\d+m)?(?:\d+(?:\.\d+)?s)?)")
 # LocalAI's first cooldown, when the answer does not say.
 COOLDOWN_FALLBACK_SECONDS = 10.0
@@ -141,21 +143,24 @@ class LocalAIEngine:
     def restart_answer(self, status: int, text: str) -> RestartAnswer:
         """``/backend/shutdown`` (core/http/endpoints/localai/backend_monitor.go,
         pkg/model/process.go): 200 stopped; a model not loaded is 404 since v4.8.0 and a 500
-        "model not found" before; a busy (or hung) model is a 500 "model is still busy" after
-        a 30 s wait, unless LOCALAI_FORCE_BACKEND_SHUTDOWN=true (v2.28.0+) stopped it."""
+        "model [X] not found" before; a busy (or hung) model is, since v4.8.0, a 500 "model is
+        still busy" after a 30 s wait unless LOCALAI_FORCE_BACKEND_SHUTDOWN=true (before
+        v4.8.0 LocalAI forces the shutdown itself after its retries: a 200)."""
         if status == 200:
             return RestartAnswer.DONE
-        if status == 404 or (status == 500 and "model not found" in text):
+        if status == 404 or (status == 500 and _NOT_FOUND.search(text)):
             return RestartAnswer.NOT_LOADED
         if status == 500 and "still busy" in text:
             return RestartAnswer.BUSY
         return RestartAnswer.FAILED
 
     def cooldown_seconds(self, status: int, text: str) -> float | None:
-        """v4.7.0+: ``503`` ``model "X" load is in cooldown after a recent failure; retry
-        after 20s`` (pkg/model/loader.go ModelLoadCooldownError, core/http/app.go; the
-        Retry-After header says the same in whole seconds)."""
-        if status != 503 or "load is in cooldown" not in text:
+        """v4.7.0+: ``model "X" load is in cooldown after a recent failure; retry after 20s``
+        (pkg/model/loader.go ModelLoadCooldownError). A 503 with Retry-After when the model
+        names its backend (core/http/app.go); a 500 when LocalAI tries its backends in turn,
+        whose "all backends returned error" wraps the text with %s and loses the error type
+        (pkg/model/initializers.go): the text is what both share."""
+        if status not in (500, 503) or "load is in cooldown" not in text:
             return None
         match = _RETRY_AFTER.search(text)
         return go_duration(match.group(1)) if match else COOLDOWN_FALLBACK_SECONDS

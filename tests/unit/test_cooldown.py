@@ -22,7 +22,9 @@ COOLING = 'model "tiny-a" load is in cooldown after a recent failure; retry afte
     (503, COOLING.replace("20s", "5m0s"), 300.0),
     (503, COOLING.replace("20s", "1m20s"), 80.0),
     (503, 'model "x" load is in cooldown after a recent failure', 10.0),
-    (503, "server busy", None), (500, COOLING, None)])
+    # Tried backend by backend: the type is lost, a 500 with the same text.
+    (500, "could not load model - all backends returned error: [llama-cpp]: " + COOLING, 20.0),
+    (503, "server busy", None), (404, COOLING, None)])
 def test_the_cooldown_answer_and_its_time_are_recognised(status: int, text: str,
                                                          seconds: float | None) -> None:
     assert LocalAIEngine().cooldown_seconds(status, text) == seconds

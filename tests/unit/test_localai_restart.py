@@ -23,6 +23,8 @@ BUSY = '{"error":{"code":500,"message":"model is still busy: tiny-a: context dea
     (200, "", RestartAnswer.DONE),                                            # before
     (404, '{"error":{"message":"model \\"x\\" is not loaded"}}', RestartAnswer.NOT_LOADED),
     (500, '{"error":{"code":500,"message":"model not found"}}', RestartAnswer.NOT_LOADED),
+    (500, '{"error":{"code":500,"message":"model tiny-b not found"}}',  # v3.9.x
+     RestartAnswer.NOT_LOADED),
     (500, BUSY, RestartAnswer.BUSY),
     (500, '{"error":{"message":"rpc error"}}', RestartAnswer.FAILED),
     (0, "no answer within 300s", RestartAnswer.FAILED)])
