@@ -98,8 +98,10 @@ def test_localai_model_probes_and_output_smoke_check(fake_localai: Path, tiny_mo
         sup.wait_running()
         code, _ = chat(sup.server_url, "tiny-a")  # a user loads tiny-a
         assert code == 200
-        st = sup.wait_for(lambda s: s["models"][0]["output_warning"] is not None,
-                          timeout=30, what="smoke warning for tiny-a")
+        # The smoke check and the model probe run on their own clocks: wait for both.
+        st = sup.wait_for(lambda s: s["models"][0]["output_warning"] is not None
+                          and s["models"][0]["health"] == "healthy",
+                          timeout=30, what="smoke warning for tiny-a, and a probe of it")
         a, b = st["models"]
         assert "'</s>'" in a["output_warning"], a
         assert a["health"] == "healthy" and a["loaded"] is True
