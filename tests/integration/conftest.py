@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,21 @@ from typing import Any
 import docker.errors
 import pytest
 from supervised import Supervised
-from testbed import Dockerd
+from testbed import REPO, Dockerd
 
 _names = itertools.count()
+
+
+@pytest.fixture
+def fake_localai(tmp_path: Path) -> Path:
+    """The FAKE LocalAI (tests/fakes/local-ai), run by this interpreter (it needs PyYAML,
+    which the venv has)."""
+    src = (REPO / "tests" / "fakes" / "local-ai").read_text()
+    exe = tmp_path / "bin" / "local-ai"
+    exe.parent.mkdir()
+    exe.write_text(f"#!{sys.executable}\n" + src.split("\n", 1)[1])
+    exe.chmod(0o755)
+    return exe
 
 
 @pytest.fixture

@@ -8,27 +8,15 @@ Everything else about the daemon is real: process runtime, probes, watcher, cont
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from supervised import Supervised
-from testbed import REPO, chat
+from testbed import chat
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fake_localai(tmp_path: Path) -> Path:
-    """The fake, run by this interpreter (it needs PyYAML, which the venv has)."""
-    src = (REPO / "tests" / "fakes" / "local-ai").read_text()
-    exe = tmp_path / "bin" / "local-ai"
-    exe.parent.mkdir()
-    exe.write_text(f"#!{sys.executable}\n" + src.split("\n", 1)[1])
-    exe.chmod(0o755)
-    return exe
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,22 +15,11 @@ from typing import Any
 
 import pytest
 from supervised import Supervised
-from testbed import REPO, http_json
+from testbed import http_json
 
 pytestmark = pytest.mark.integration
 
 VERSIONS = ("v3.9.0", "v4.1.0", "v4.9.0")
-
-
-@pytest.fixture
-def fake_localai(tmp_path: Path) -> Path:
-    """The fake, run by this interpreter (it needs PyYAML, which the venv has)."""
-    src = (REPO / "tests" / "fakes" / "local-ai").read_text()
-    exe = tmp_path / "bin" / "local-ai"
-    exe.parent.mkdir()
-    exe.write_text(f"#!{sys.executable}\n" + src.split("\n", 1)[1])
-    exe.chmod(0o755)
-    return exe
 
 
 @pytest.fixture
