@@ -324,8 +324,9 @@ async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation
     connections wait in the kernel's backlog and are answered by the next daemon. A request
     that reaches the stopping daemon on a kept-alive connection is answered 503
     supervisor-stopping with Retry-After: 1 and Connection: close, and one the old daemon's
-    closing connection cuts before any answer (HTTP keep-alive's race) is asked again: the
-    client here retries both, as the OpenAI SDK does by default."""
+    closing connection cuts or resets before any answer (HTTP keep-alive's race) is asked
+    again: the client here retries both, as the OpenAI SDK does by default. A refused
+    connection is never retried: that is what socket activation must prevent."""
     sup = make_process_supervised({}, models_dir=long_models, gateway={"enabled": True})
     long_config(sup)
     listener = socket.create_server(("127.0.0.1", sup.gateway_port), backlog=128)
@@ -353,8 +354,11 @@ async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation
                                 continue
                             statuses.append(resp.status)
                         break
-                    except aiohttp.ServerDisconnectedError:  # closed before any answer
-                        retried += 1
+                    except aiohttp.ClientConnectorError as exc:  # refused: the promise broken
+                        statuses.append(type(exc).__name__)
+                        break
+                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                        retried += 1  # closed or reset before any answer (keep-alive's race)
                     except aiohttp.ClientError as exc:
                         statuses.append(type(exc).__name__)
                         break
