@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -111,6 +112,12 @@ def man_page(prog: str, argv: list[str], section: str = "8") -> bytes:
     return gzip.compress(page.encode(), mtime=0)
 
 
+def build_date() -> str:
+    """RFC 2822, from SOURCE_DATE_EPOCH when set (reproducible builds), else now."""
+    stamp = time.gmtime(float(os.environ.get("SOURCE_DATE_EPOCH", time.time())))
+    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", stamp)
+
+
 def install(src: Path, dst: Path, mode: int = 0o644) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -140,7 +147,7 @@ def stage_files(root: Path) -> None:
             install(f, doc / "examples" / sub / f.name)
     changelog = (f"{NAME} ({version()}-{DEBIAN_REVISION}) unstable; urgency=medium\n\n"
                  f"  * Built from the {NAME} repository.\n\n"
-                 f" -- {MAINTAINER}  Wed, 02 Dec 2026 00:00:00 +0000\n")
+                 f" -- {MAINTAINER}  {build_date()}\n")
     (doc / "changelog.Debian.gz").write_bytes(gzip.compress(changelog.encode(), mtime=0))
     install(HERE / "debian" / "lintian-overrides", usr / "share/lintian/overrides" / NAME)
 
