@@ -50,7 +50,7 @@ from .gateway import (
     Left,
     UnloadDone,
 )
-from .health import Prober, Probing
+from .health import Prober, Probing, ask_version
 from .metrics import GatewayGauges, GatewayMetrics, ProbeMetrics, StatusCollector
 from .models import (
     ModelProbed,
@@ -103,8 +103,8 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
-# How long `supervisorctl version` (and `logs MODEL`) wait for the engine to answer.
-VERSION_TIMEOUT = 5.0
+# How long `logs MODEL` waits for the engine's per-model log.
+MODEL_LOG_TIMEOUT = 5.0
 # `logs MODEL` on llama-server: this many lines of the router's log are searched.
 MODEL_LOG_SCAN = 20_000
 # `logs -f MODEL` on LocalAI: its per-model log is asked for again this often.
@@ -558,13 +558,7 @@ class Daemon:
 
     async def engine_version(self) -> str | None:
         """What the running engine says its version is (None: it does not answer)."""
-        status, text = await self._prober.call(self._engine.version_call(), VERSION_TIMEOUT)
-        if status != 200:
-            return None
-        try:
-            return self._engine.version(json.loads(text))
-        except ValueError:
-            return None
+        return await ask_version(self._prober, self._engine)
 
     async def server_log(self, lines: int) -> list[str]:
         """The last ``lines`` of the server's log (read by the runtime off the loop)."""
@@ -602,7 +596,7 @@ class Daemon:
                 yield line
 
     async def _model_log_entries(self, call: Call) -> list[tuple[str, str]]:
-        status, text = await self._prober.call(call, VERSION_TIMEOUT)
+        status, text = await self._prober.call(call, MODEL_LOG_TIMEOUT)
         if status != 200:
             return []
         try:

@@ -49,6 +49,21 @@ class Probing(Protocol):
     async def close(self) -> None: ...
 
 
+# How long the engine's version question waits for an answer.
+VERSION_TIMEOUT = 5.0
+
+
+async def ask_version(prober: Probing, engine: EngineAdapter) -> str | None:
+    """What the running engine says its version is (None: no usable answer)."""
+    status, text = await prober.call(engine.version_call(), VERSION_TIMEOUT)
+    if status != 200:
+        return None
+    try:
+        return engine.version(json.loads(text))
+    except ValueError:
+        return None
+
+
 class Prober:
     def __init__(self, base_url: str, engine: EngineAdapter, timeout: float) -> None:
         self._base = base_url.rstrip("/")

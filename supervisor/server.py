@@ -8,7 +8,6 @@ events, and only here, on the loop, are they turned into state.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ from .effects import (
     UnpauseDone,
 )
 from .engines.base import EngineAdapter
-from .health import ModelsSeen, Probing, loaded_names
+from .health import ModelsSeen, Probing, ask_version, loaded_names
 from .policy import (
     LIVE_STATES,
     Action,
@@ -76,9 +75,6 @@ from .status import (
 from .tasks import TaskSet
 from .versions import KnownVersion, Version, VersionSource
 from .vocab import Level, LoadState, ProbeKind, RestartReason
-
-# The version question gets this long; unanswered, the version stays as it was.
-VERSION_TIMEOUT = 5.0
 
 log = structlog.get_logger("supervisor")
 
@@ -312,14 +308,7 @@ class ServerOwner:
         return self._version.version if self._version is not None else None
 
     async def _ask_version(self, token: str) -> None:
-        status, text = await self._prober.call(self._engine.version_call(), VERSION_TIMEOUT)
-        raw = None
-        if status == 200:
-            try:
-                raw = self._engine.version(json.loads(text))
-            except ValueError:
-                raw = None
-        self._post(VersionReported(token, raw))
+        self._post(VersionReported(token, await ask_version(self._prober, self._engine)))
 
     def on_version(self, msg: VersionReported) -> None:
         if msg.token != self.machine.instance or msg.raw is None:
