@@ -93,10 +93,9 @@ def daemon_main(argv: list[str] | None = None) -> None:
 def _render(settings: Settings) -> int:
     from dataclasses import asdict
 
+    from .configuration import render_spec
     from .engines import engine_for
     from .modelconfig import ConfigRejected, load_model_set
-    from .runtime import program_for
-    from .spec import build_spec
 
     engine = engine_for(settings.server.engine)
     try:
@@ -105,14 +104,11 @@ def _render(settings: Settings) -> int:
         for p in exc.problems:
             print(f"error: {p}", file=sys.stderr)
         return 2
-    from .configuration import read_api_key
-
     try:
-        api_key = read_api_key(settings.localai.api_key_file)
+        spec, launch, _ = render_spec(settings, models, engine)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    spec, launch = build_spec(settings, models, engine, program_for(settings, engine), api_key)
     out = asdict(spec)
     out["files"] = [{**f, "content": "(secret: not shown)"} if f["secret"] else f
                     for f in out["files"]]

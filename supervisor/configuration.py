@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from .engines import EngineAdapter
+from .engines import EngineAdapter, EngineLaunch
 from .findings import Problem
 from .ggufinfo import GGUFInfo
 from .lint import context_for
@@ -95,13 +95,20 @@ def check(settings: Settings, engine: EngineAdapter,
         stats[str(path)] = (st.st_size, st.st_mtime_ns)
         models_of[str(path)] = f.name
     try:
-        api_key = read_api_key(settings.localai.api_key_file)
-        spec, launch = build_spec(settings, result.models, engine, program_for(settings, engine),
-                                  api_key)
+        spec, launch, api_key = render_spec(settings, result.models, engine)
     except ValueError as exc:
         return Checked(result, stats, models_of, spec_error=str(exc))
     return Checked(result, stats, models_of, spec, tuple(launch.dropped),
                    env_notes=launch.env_notes, api_key=api_key)
+
+
+def render_spec(settings: Settings, models: ModelSet, engine: EngineAdapter
+                ) -> tuple[ServerSpec, EngineLaunch, str | None]:
+    """Blocking (reads the API key file): the spec to run, the engine's render and the key.
+    ValueError for what cannot run."""
+    api_key = read_api_key(settings.localai.api_key_file)
+    spec, launch = build_spec(settings, models, engine, program_for(settings, engine), api_key)
+    return spec, launch, api_key
 
 
 def read_api_key(path: Path | None) -> str | None:

@@ -47,25 +47,27 @@ def environment(settings: Settings) -> tuple[dict[str, str], tuple[tuple[str, st
     version = Version.parse(settings.localai.version)
     mine: dict[str, str] = {"LOCALAI_THREADS": str(srv.threads),
                             "LLAMACPP_PARALLEL": str(srv.parallel), **DEFAULT_ENV}
+    user = settings.localai.environment
     notes: list[tuple[str, str]] = []
+
+    def note(name: str, why: str, instead: str) -> None:
+        done = "passed as asked" if name in user else instead
+        notes.append((name, ("set in localai.environment but " if name in user else "")
+                      + f"{why}: {done}"))
+
     if at_least(version, 3, 9, unknown=False):
         # Deprecated since v3.9.0: an alias of the LRU limit it introduced.
         if srv.single_active_backend:
             mine["LOCALAI_MAX_ACTIVE_BACKENDS"] = "1"
-        notes.append(("LOCALAI_SINGLE_ACTIVE_BACKEND", f"deprecated on {version}: "
-                      "LOCALAI_MAX_ACTIVE_BACKENDS=1 is passed instead"))
+        note("LOCALAI_SINGLE_ACTIVE_BACKEND", f"deprecated on {version}",
+             "LOCALAI_MAX_ACTIVE_BACKENDS=1 is passed instead")
     else:
         mine["LOCALAI_SINGLE_ACTIVE_BACKEND"] = "true" if srv.single_active_backend else "false"
     if at_least(version, 4, 1, unknown=False):
         del mine["LOCALAI_PARALLEL_REQUESTS"]
-        notes.append(("LOCALAI_PARALLEL_REQUESTS", f"does nothing on {version} (requests are "
-                      "always parallel since v4.1.0): left out"))
-    user = settings.localai.environment
-    for name, why in list(notes):
-        if name in user:
-            notes.remove((name, why))
-            notes.append((name, f"set in localai.environment but {why.split(':')[0]}: "
-                          "passed as asked"))
+        note("LOCALAI_PARALLEL_REQUESTS",
+             f"does nothing on {version} (requests are always parallel since v4.1.0)",
+             "left out")
     return {**mine, **user}, tuple(notes)
 
 
