@@ -36,6 +36,12 @@ def toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def toml_document(sections: dict[str, dict[str, Any]]) -> str:
+    """A settings file: one [section] per entry."""
+    return "\n".join(f"[{sec}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in vals.items())
+                     for sec, vals in sections.items())
+
+
 _SOCKET_TRAMPOLINE = """
 import os, sys
 os.dup2(int(os.environ.pop("GATEWAY_FD")), 3)
@@ -95,10 +101,7 @@ class Supervised:
             settings["server"].setdefault("listen_host", "127.0.0.1")
             settings["server"]["listen_port"] = sup.server_port
         sup.settings = settings
-        sup.settings_file.write_text("\n".join(
-            f"[{sec}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in vals.items())
-            for sec, vals in settings.items()
-        ))
+        sup.settings_file.write_text(toml_document(settings))
         return sup
 
     @property

@@ -28,7 +28,7 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
-from supervised import model_entry, toml_value
+from supervised import model_entry, toml_document
 from systemdbox import Bind, SystemdBox
 from testbed import Dockerd, free_port, http_json
 
@@ -114,9 +114,7 @@ class Installed:
                                   "image": self.image, "container_name": self.container}
         for name, values in extra.items():
             sections.setdefault(name, {}).update(values)
-        return "\n".join(f"[{sec}]\n" + "".join(f"{k} = {toml_value(v)}\n"
-                                                for k, v in vals.items())
-                         for sec, vals in sections.items())
+        return toml_document(sections)
 
     @property
     def docker_state(self) -> Path:
