@@ -69,6 +69,7 @@ from .runtime import (
     Runtime,
     RuntimeConnection,
     make_runtime,
+    program_version,
 )
 from .server import (
     Diagnosed,
@@ -81,9 +82,10 @@ from .server import (
     VersionReported,
     maintenance_file,
 )
-from .settings import OnStop, Settings, SettingsError, load_settings
+from .settings import Engine, OnStop, Settings, SettingsError, load_settings
 from .status import CheckOutcome, CommandResult, Journal, ReloadResult, Status
 from .tasks import TaskSet
+from .versions import KnownVersion, Version, VersionSource
 from .vocab import RestartReason
 from .watch import Watcher
 
@@ -178,8 +180,12 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random,
-                 drain_poll: float = DRAIN_POLL_SECONDS) -> None:
+                 drain_poll: float = DRAIN_POLL_SECONDS,
+                 versioner: Callable[[Settings], tuple[str, VersionSource] | None]
+                 = program_version) -> None:
         self.settings = settings
+        self._versioner = versioner
+        self._program_version: str | None = None
         self._settings_file = settings_file
         self._clock = clock
         self._started = clock()
@@ -246,7 +252,7 @@ class Daemon:
             Observed: self._on_observed,
             ServingChanged: self._on_serving_changed,
             VersionReported: self.server.on_version,
-            EngineVersionKnown: lambda msg: self.config.set_engine_version(msg.version),
+            EngineVersionKnown: self._on_engine_version,
             # Policy events from elsewhere (the models owner, operators) go to the machine.
             Escalate: self.server.feed,
             Start: self.server.feed,
@@ -380,6 +386,10 @@ class Daemon:
     def _on_observed(self, msg: Observed) -> None:
         self.models.on_observed(msg.token, msg.at, msg.loaded, msg.work, msg.in_flight)
 
+    def _on_engine_version(self, msg: EngineVersionKnown) -> None:
+        self.config.set_engine_version(msg.version)
+        self.models.set_engine_version(msg.version)
+
     def _on_serving_changed(self, msg: ServingChanged) -> None:
         self.models.serving_changed(msg.token, msg.serving)
         if self.gateway is not None:
@@ -433,6 +443,7 @@ class Daemon:
                 msg.reply.set_result(ReloadResult(applied=False, restarting=False,
                                                   errors=[error or "unreadable"]))
             return
+        new = self._with_program_version(new)
         self.settings = new
         self.config.set_settings(new)
         self.server.set_settings(new)
@@ -571,20 +582,25 @@ class Daemon:
         """One model's log: the engine's own per-model log (LocalAI), or its lines picked
         out of the server's (llama-server's router)."""
         call = self._engine.model_log_call(model)
-        if call is not None:
-            return [text for _, text in await self._model_log_entries(call)][-lines:] \
-                if lines > 0 else []
+        entries = await self._model_log_entries(call) if call is not None else None
+        if entries:
+            return [text for _, text in entries][-lines:] if lines > 0 else []
         accept = self._engine.model_log_filter(model)
         picked = [line for line in await self._runtime.logs(MODEL_LOG_SCAN) if accept(line)]
+        if not picked and lines > 0:
+            note = self._engine.model_log_missing(model, entries is not None)
+            return [note] if note else []
         return picked[-lines:] if lines > 0 else []
 
     async def follow_model_log(self, model: str) -> AsyncIterator[str]:
         call = self._engine.model_log_call(model)
-        if call is not None:  # a per-model log: ask for it again, print what is new
-            seen = max((ts for ts, _ in await self._model_log_entries(call)), default="")
+        first = await self._model_log_entries(call) if call is not None else None
+        if call is not None and first is not None:
+            # A per-model log: ask for it again, print what is new.
+            seen = max((ts for ts, _ in first), default="")
             while True:
                 await asyncio.sleep(MODEL_LOG_POLL_SECONDS)
-                for ts, text in await self._model_log_entries(call):
+                for ts, text in await self._model_log_entries(call) or []:
                     if ts > seen:
                         seen = ts
                         yield text
@@ -595,10 +611,11 @@ class Daemon:
             if accept(line):
                 yield line
 
-    async def _model_log_entries(self, call: Call) -> list[tuple[str, str]]:
+    async def _model_log_entries(self, call: Call) -> list[tuple[str, str]] | None:
+        """None: the engine keeps no such log (this version, or it is switched off)."""
         status, text = await self._prober.call(call, MODEL_LOG_TIMEOUT)
         if status != 200:
-            return []
+            return None
         try:
             return self._engine.model_log_lines(json.loads(text))
         except ValueError:
@@ -630,6 +647,35 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def _learn_program_version(self) -> None:
+        """LocalAI's environment depends on its version (engines/localai.environment): with
+        no ``localai.version`` set, read it from the image label or the binary before the
+        first start, and keep it for every later render (settings reloads included), so the
+        spec never changes because the version was learnt later."""
+        if self._engine.kind is not Engine.LOCALAI or self.settings.localai.version:
+            return
+        found = await asyncio.to_thread(self._versioner, self.settings)
+        version = Version.parse(found[0]) if found else None
+        if found is None or version is None:
+            log.info("engine.version", version=None, reported=found[0] if found else None,
+                     action="no version in the image label or the binary's --help: the "
+                     "environment every version accepts; set localai.version to choose")
+            return
+        raw, source = found
+        self._program_version = raw
+        self.settings = self._with_program_version(self.settings)
+        self.config.set_settings(self.settings)
+        self.models.set_settings(self.settings)
+        self.server.set_program_version(KnownVersion(version, source, raw[:100]))
+        log.info("engine.version", version=str(version), reported=raw[:100],
+                 source=source.value)
+
+    def _with_program_version(self, settings: Settings) -> Settings:
+        if self._program_version is None or settings.localai.version:
+            return settings
+        return settings.model_copy(update={"localai": settings.localai.model_copy(
+            update={"version": self._program_version})})
+
     async def start(self) -> int | None:
         """Check the config, connect the runtime, start the effect worker.
 
@@ -637,6 +683,7 @@ class Daemon:
         """
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="supervisor-io"))
+        await self._learn_program_version()
         checked = await asyncio.to_thread(check, self.settings, self._engine)
         outcome, _ = self.config.on_validated(Validated(0, "supervisor start", checked))
         if outcome is CheckOutcome.REJECTED:

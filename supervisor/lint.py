@@ -9,12 +9,14 @@ what they assume when the version is unknown. The mechanisms behind the rules ar
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .ggufinfo import GGUFInfo
 from .settings import Engine, Settings
+from .turns import turns_of
 from .versions import Version, at_least
 
 # gpu_layers at or above this is the common "offload everything" idiom.
@@ -56,6 +58,8 @@ class Lint:
     path: tuple[str, ...]
     message: str
     hint: str
+    # The fix as YAML to paste into the model's entry (not compared: it restates the hint).
+    snippet: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -243,10 +247,6 @@ def max_tokens_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
         "set parameters.max_tokens below the per-request context")]
 
 
-def _markers_in(text: str) -> list[str]:
-    return [m for m in END_MARKERS if m in text]
-
-
 def _has_template(f: ModelFacts) -> bool:
     """LocalAI's HasTemplate() less use_tokenizer_template: a chat, chat_message,
     completion or edit template."""
@@ -286,16 +286,34 @@ def special_token_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
                     "special-tokens", f.name, ("stopwords",),
                     f"the model ends turns with {tok!r} but stopwords does not list it: special "
                     f"tokens will appear at the end of answers{since}",
-                    f"add {tok!r} to stopwords{tokenizer_fix}"))
+                    f"add {tok!r} to stopwords{tokenizer_fix}",
+                    snippet=stopwords_snippet(f.stopwords, tok)))
     for key, text in sorted(f.templates.items()):
-        for marker in _markers_in(text):
-            if marker not in stops:
-                out.append(Lint(
-                    "template-end-marker", f.name, ("template", key),
-                    f"template.{key} ends turns with {marker!r} but stopwords does not list it: "
-                    "the model will echo it at the end of answers",
-                    f"add {marker!r} to stopwords"))
+        turns = turns_of(text)
+        if turns is None:
+            continue
+        for marker, why in turns.stopwords():
+            if marker in stops:
+                continue
+            if why.startswith("ends"):
+                message = (f"template.{key} ({turns.family.name}) ends each turn with "
+                           f"{marker!r} but stopwords does not list it: the model writes it "
+                           "when its answer is done, and it shows at the end of answers")
+            else:
+                message = (f"template.{key} ({turns.family.name}) opens each user turn with "
+                           f"{marker!r}: the model's answer ends with its EOS token, and a "
+                           f"model that runs past it writes the next turn's {marker!r} into the "
+                           "answer; stopwords does not list it")
+            out.append(Lint("template-end-marker", f.name, ("template", key), message,
+                            f"add {marker!r} to stopwords",
+                            snippet=stopwords_snippet(f.stopwords, marker)))
     return out
+
+
+def stopwords_snippet(current: Sequence[str], *adding: str) -> str:
+    """The model's ``stopwords:`` with ``adding`` appended, as YAML to paste."""
+    words = [*current, *(w for w in adding if w not in current)]
+    return "stopwords:\n" + "".join(f"- {json.dumps(w)}\n" for w in words)
 
 
 def chat_message_input_line(text: str) -> int | None:
@@ -313,11 +331,34 @@ def chat_message_input_line(text: str) -> int | None:
     return None
 
 
+# Fields of LocalAI's per-message data (core/templates ChatMessageTemplateData), not of the
+# per-conversation data template.chat gets.
+_PER_MESSAGE = re.compile(r"(?<![\w)\]])\$?(\.RoleName|\.Role|\.Content|\.FunctionCall|"
+                          r"\.FunctionName|\.LastMessage)\b")
+
+
+def _chat_message_snippet(text: str) -> str:
+    """template.chat's per-message text moved to chat_message, as YAML to paste."""
+    body = "".join(f"    {ln}\n" for ln in text.rstrip("\n").splitlines())
+    return "template:\n  chat_message: |\n" + body + "  chat: |\n    {{.Input}}\n"
+
+
 def template_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     out: list[Lint] = []
     for key, text in sorted(f.templates.items()):
         if key == "chat_message" and chat_message_input_line(text) is not None:
             continue  # an error, reported by modelconfig with the template's line
+        per_message = sorted(set(_PER_MESSAGE.findall(text)))
+        if key == "chat" and per_message and not _INPUT_FIELD.search(text):
+            out.append(Lint(
+                "chat-is-per-message", f.name, ("template", "chat"),
+                f"template.chat uses {', '.join(per_message)}, which exist only per message: "
+                "this is a chat_message template. LocalAI renders template.chat once per "
+                "conversation with .Input (the messages already joined), so these fields are "
+                "not there and the prompt is not what the template says",
+                "move it to template.chat_message and make template.chat \"{{.Input}}\"",
+                snippet=_chat_message_snippet(text)))
+            continue
         wanted = _TEMPLATE_INPUTS.get(key)
         if wanted and "{{" in text and not any(w in text for w in wanted):
             out.append(Lint(

@@ -31,6 +31,7 @@ from .policy import Escalate
 from .settings import Settings
 from .status import Journal, ModelsSnapshot, ModelStatus
 from .tasks import TaskSet
+from .versions import Version
 from .vocab import LoadState
 
 log = structlog.get_logger("supervisor")
@@ -86,6 +87,8 @@ class ModelProbed:
     seconds: float | None = None
     # The engine refuses to load it for this many seconds after a failed load.
     cooldown: float | None = None
+    # No answer at all within the timeout, and no sign of work: hung, not failing.
+    hung: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ class ModelsOwner:
         # and whether it has requests in flight or waiting (then no load test swaps a model).
         self._gateway_unloading: frozenset[str] = frozenset()
         self._gateway_busy = False
+        # The engine's version: from the setting until the running server reports its own.
+        self._version: Version | None = Version.parse(settings.localai.version)
         self._told_busy: frozenset[str] = frozenset()
         self._tasks = TaskSet()
 
@@ -305,7 +310,7 @@ class ModelsOwner:
                                        seconds=took))
                 return
         self._post(ModelProbed(token, name, False, detail, load_test=probe.allow_load,
-                               restore=restore, seconds=took))
+                               restore=restore, seconds=took, hung=status == 0))
 
     async def _progress(self, name: str, before: float, window: float) -> float:
         """How far the model's decode counter moved past ``before`` within ``window``
@@ -424,7 +429,16 @@ class ModelsOwner:
                         failures=h2.failures, state=h2.state.value)
         elif rec.health.state is mh.ModelState.FAILING:
             log.info("model.recovered", model=msg.name)
-        if isinstance(action, mh.RestartModel):
+        refused = (self._engine.restart_alone_refused(self._version, msg.hung)
+                   if isinstance(action, mh.RestartModel) else None)
+        if refused is not None and action is not None:
+            self._records[msg.name] = replace(self._records[msg.name], health=replace(
+                h2, state=mh.ModelState.FAILING, escalated=True))
+            log.error("model.escalate", model=msg.name, reason=f"{action.reason}; not "
+                      f"restarted alone: {refused}", action="restarting the whole server")
+            self._notify(Escalate(msg.token, f"model {msg.name} hung: {refused}",
+                                  self._rand()))
+        elif isinstance(action, mh.RestartModel):
             diag = diagnose(None, False, [msg.detail])
             self._start_restart(msg.token, msg.name, action.reason)
             log.warning("model.restart", model=msg.name, reason=action.reason,
@@ -447,6 +461,10 @@ class ModelsOwner:
         self._records[name] = replace(self._records[name], busy=True)
         self._model_restarts += 1
         self._tasks.spawn(self._restart(token, name, reason))
+
+    def set_engine_version(self, version: Version | None) -> None:
+        """The running server reported its version (it decides how a model is restarted)."""
+        self._version = version or self._version
 
     def on_restarted(self, msg: ModelRestarted) -> None:
         rec = self._records.get(msg.name)

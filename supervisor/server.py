@@ -238,6 +238,11 @@ class ServerOwner:
             self._version = _setting_version(settings)
         self._rules = rules_from(settings)
 
+    def set_program_version(self, known: KnownVersion) -> None:
+        """Read from the image or binary before the first start (no setting names one)."""
+        if self._version is None:
+            self._version = known
+
     def configure(self, spec: ServerSpec, *, first: bool, reason: str) -> None:
         """A new applied spec: boot onto it (adopt or start), or restart onto it."""
         self._spec = spec

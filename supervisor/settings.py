@@ -120,7 +120,8 @@ def _upper_keys(value: dict[str, str]) -> dict[str, str]:
 
 
 class LocalAISection(_Section):
-    # The LocalAI version run (e.g. "v4.9.0"); unset: read from the image's label, then from
+    # The LocalAI version run (e.g. "v4.9.0"); unset: read from the image's label (or the
+    # binary's --help) before the first start, then from
     # the server's GET /version once it is up. Behaviour that differs by version follows it.
     version: str | None = None
     # A file holding the API key LocalAI asks of every client: passed to LocalAI in a file

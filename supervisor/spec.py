@@ -45,9 +45,15 @@ class ServerSpec:
     # Model config revision: config content plus model file fingerprints.
     revision: str
     models: tuple[str, ...]
+    # A model asks for mmlock/mlock: the container may lock all of its memory (Docker's
+    # default memlock limit, 8 MiB, makes the lock fail and the load with it).
+    memlock_unlimited: bool = False
 
     def digest(self) -> str:
-        payload = json.dumps({"v": SPEC_VERSION, **asdict(self)}, sort_keys=True, default=str)
+        fields = asdict(self)
+        if not self.memlock_unlimited:
+            del fields["memlock_unlimited"]  # so specs from before this field keep their digest
+        payload = json.dumps({"v": SPEC_VERSION, **fields}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -103,6 +109,8 @@ def build_spec(
         gpus=settings.docker.gpus if srv.runtime is RuntimeKind.DOCKER else "none",
         revision=models.revision,
         models=models.names,
+        memlock_unlimited=srv.runtime is RuntimeKind.DOCKER
+        and any(e.mmlock for e in models.entries),
     )
     return spec, launch
 

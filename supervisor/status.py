@@ -131,8 +131,9 @@ class EngineVersionStatus(_Model):
     """The engine version behaviour follows, and where it was learnt."""
 
     version: str = Field(description="e.g. v4.9.0")
-    source: VersionSource = Field(description="setting (localai.version), image-label, or "
-                                  "server (its GET /version)")
+    source: VersionSource = Field(description="setting (localai.version), image-label, "
+                                  "program (the binary's --help), or server (its GET "
+                                  "/version)")
     reported: str = Field(description="the text as given, e.g. v4.9.0-22-g82c191af")
 
 

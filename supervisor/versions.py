@@ -17,6 +17,8 @@ _VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
 class VersionSource(StrEnum):
     SETTING = "setting"
     IMAGE_LABEL = "image-label"
+    # `local-ai --help` of the binary the process runtime runs.
+    PROGRAM = "program"
     SERVER = "server"
 
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from ..modelconfig import ModelSet
 from ..settings import Engine, Settings
+from ..versions import Version
 from ..vocab import LoadState
 
 
@@ -117,6 +118,11 @@ class EngineAdapter(Protocol):
         """What one restart call's answer means."""
         ...
 
+    def restart_alone_refused(self, version: Version | None, hung: bool) -> str | None:
+        """Why a model that stopped answering (``hung``) or fails cannot be restarted alone
+        on this engine version without harm (None: ``restart_model_calls`` is safe)."""
+        ...
+
     def cooldown_seconds(self, status: int, text: str) -> float | None:
         """Seconds the engine refuses to load a model after a failed load, when this answer
         says so (None: not a cooldown answer)."""
@@ -133,6 +139,11 @@ class EngineAdapter(Protocol):
     def model_log_filter(self, model: str) -> Callable[[str], bool]:
         """Picks one model's lines out of the server's log (engines without a per-model
         log: ``model_log_call`` is None)."""
+        ...
+
+    def model_log_missing(self, model: str, kept: bool) -> str | None:
+        """A line saying why ``model`` has no log to show (``kept``: the engine answered
+        for its per-model log, with nothing in it), or None when an empty log is normal."""
         ...
 
     def version_call(self) -> Call:

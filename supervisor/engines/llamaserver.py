@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from ..modelconfig import ModelEntry, ModelSet
 from ..settings import Engine, Settings
+from ..versions import Version
 from ..vocab import LoadState
 from .base import (
     Activity,
@@ -214,6 +215,9 @@ class LlamaServerEngine:
     def restart_answer(self, status: int, text: str) -> RestartAnswer:
         return plain_restart_answer(status, text)
 
+    def restart_alone_refused(self, version: Version | None, hung: bool) -> str | None:
+        return None  # the router kills a child that does not exit within its stop-timeout
+
     def cooldown_seconds(self, status: int, text: str) -> float | None:
         return None  # the router retries a failed child on the next request
 
@@ -222,6 +226,9 @@ class LlamaServerEngine:
 
     def model_log_lines(self, body: Any) -> list[tuple[str, str]]:
         return []
+
+    def model_log_missing(self, model: str, kept: bool) -> str | None:
+        return None  # the router logs a child's output once it starts: none yet
 
     def model_log_filter(self, model: str) -> Callable[[str], bool]:
         return RouterLogFilter(model).accept

@@ -63,6 +63,12 @@ def environment(settings: Settings) -> tuple[dict[str, str], tuple[tuple[str, st
              "LOCALAI_MAX_ACTIVE_BACKENDS=1 is passed instead")
     else:
         mine["LOCALAI_SINGLE_ACTIVE_BACKEND"] = "true" if srv.single_active_backend else "false"
+    if at_least(version, 4, 8, unknown=False):
+        # A model restart (/backend/shutdown) waits 30 s for a busy or hung model, then
+        # fails unless this is set; with it, LocalAI stops the model after those 30 s
+        # (pkg/model/loader.go ShutdownModel). Only explicit shutdowns and idle eviction use
+        # it: a busy model is never evicted for another one (that is FORCE_EVICTION_WHEN_BUSY).
+        mine["LOCALAI_FORCE_BACKEND_SHUTDOWN"] = "true"
     if at_least(version, 4, 1, unknown=False):
         del mine["LOCALAI_PARALLEL_REQUESTS"]
         note("LOCALAI_PARALLEL_REQUESTS",
@@ -75,6 +81,7 @@ API_KEYS_FILE = "api_keys.json"
 # "model not found" (v4.1.0 to v4.7.x), "model tiny-b not found" (v3.9.x): pkg/model/process.go.
 _NOT_FOUND = re.compile(r"model (\S+ )?not found")
 _RETRY_AFTER = re.compile(r"retry after ((?:\d+h)?(?:\d+m)?(?:\d+(?:\.\d+)?s)?)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # LocalAI's first cooldown, when the answer does not say.
 COOLDOWN_FALLBACK_SECONDS = 10.0
 
@@ -156,6 +163,16 @@ class LocalAIEngine:
             return RestartAnswer.BUSY
         return RestartAnswer.FAILED
 
+    def restart_alone_refused(self, version: Version | None, hung: bool) -> str | None:
+        """Before v4.8.0 ``/backend/shutdown`` waits for a busy model with no deadline while
+        holding the loader's global lock (pkg/model/process.go deleteProcess, loader.go
+        ShutdownModel at v4.7.0; with LOCALAI_FORCE_BACKEND_SHUTDOWN for about 110 s): a hung
+        model would hang every other request with it. A model that fails fast is not busy."""
+        if hung and not at_least(version, 4, 8, unknown=False):
+            return (f"LocalAI {version or 'of unknown version'} would wait for the hung model "
+                    "while holding its global loader lock (fixed in v4.8.0)")
+        return None
+
     def cooldown_seconds(self, status: int, text: str) -> float | None:
         """v4.7.0+: ``model "X" load is in cooldown after a recent failure; retry after 20s``
         (pkg/model/loader.go ModelLoadCooldownError). A 503 with Retry-After when the model
@@ -180,7 +197,27 @@ class LocalAIEngine:
                 for item in body if isinstance(item, dict)]
 
     def model_log_filter(self, model: str) -> Callable[[str], bool]:
-        return lambda line: True  # not used: LocalAI keeps a log per model
+        """Without /api/backend-logs, the backend's output is in LocalAI's own log only at
+        debug level: ``GRPC stderr id=<model>-<address> line=…`` (pkg/model/process.go)."""
+        marks = (f"id={model}-", f'id="{model}-')
+
+        def accept(line: str) -> bool:
+            plain = _ANSI.sub("", line)  # xlog colours keys on a terminal
+            return "GRPC std" in plain and any(m in plain for m in marks)
+
+        return accept
+
+    def model_log_missing(self, model: str, kept: bool) -> str | None:
+        """Backend logs: none before v4.1.0; off by default v4.1.0 to v4.6.x (on since
+        v4.7.0, runtime_settings.json enable_backend_logging); in LocalAI's own log at debug
+        level only."""
+        if kept:
+            return (f"# {model}: LocalAI has no output of its backend yet (it is written "
+                    "once the model loads; v4.1.0 to v4.6.x keep it only with "
+                    "enable_backend_logging in runtime_settings.json)")
+        return (f"# {model}: this LocalAI keeps no per-model log (/api/backend-logs is "
+                "v4.1.0+), and its own log has the backend's output only with "
+                "LOCALAI_LOG_LEVEL=debug (set it in localai.environment)")
 
     def version_call(self) -> Call:
         return Call("GET", "/version")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 from ..engines import EngineAdapter
 from ..settings import RuntimeKind, Settings
+from ..versions import VersionSource
 from .base import (
     Instance,
     InstanceExited,
@@ -32,7 +35,14 @@ __all__ = [
     "RuntimeEvent",
     "make_runtime",
     "program_for",
+    "program_version",
 ]
+
+# docker/metadata-action's label on LocalAI's release images (.github/workflows/image_build.yml).
+IMAGE_VERSION_LABEL = "org.opencontainers.image.version"
+# `local-ai --help` prints "Version: v4.9.0 (sha)" (cmd/local-ai/main.go); there is no --version.
+_HELP_VERSION = re.compile(r"^\s*Version:\s*(\S+)", re.MULTILINE)
+_HELP_TIMEOUT = 10.0
 
 
 def _cached_llama_server() -> Path | None:
@@ -55,6 +65,35 @@ def program_for(settings: Settings, engine: EngineAdapter) -> str:
         if cached is not None:
             return str(cached)
     return engine.default_binary
+
+
+def program_version(settings: Settings) -> tuple[str, VersionSource] | None:
+    """Blocking: the LocalAI version the server will run, before it runs, and where it was
+    read: the image's version label, or the binary's
+    ``--help``. None when neither says (a locally built image, no binary yet)."""
+    if settings.server.runtime is RuntimeKind.DOCKER:
+        _import_requests_without_charset_detection()
+        import docker
+        import docker.errors
+        import requests
+
+        try:
+            client = (docker.DockerClient(base_url=settings.docker.host, timeout=10)
+                      if settings.docker.host else docker.from_env(timeout=10))
+            with client:
+                labels = client.images.get(settings.docker.image).labels or {}
+        except (docker.errors.DockerException, requests.RequestException, OSError):
+            return None
+        raw = labels.get(IMAGE_VERSION_LABEL)
+        return (str(raw), VersionSource.IMAGE_LABEL) if raw else None
+    program = str(settings.process.binary) if settings.process.binary else "local-ai"
+    try:
+        done = subprocess.run([program, "--help"], capture_output=True, text=True,
+                              timeout=_HELP_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _HELP_VERSION.search(done.stdout + done.stderr)
+    return (match.group(1), VersionSource.PROGRAM) if match else None
 
 
 def _import_requests_without_charset_detection() -> None:

@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import requests
 import structlog
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Ulimit
 from docker.types import Mount as DockerMount
 
 from ..settings import Settings
@@ -112,6 +112,8 @@ def container_kwargs(spec: ServerSpec, name: str) -> dict[str, Any]:
         "device_requests": device_requests(spec.gpus),
         "restart_policy": {"Name": "no"},
         "detach": True,
+        **({"ulimits": [Ulimit(name="memlock", soft=-1, hard=-1)]}
+           if spec.memlock_unlimited else {}),
     }
 
 
@@ -383,7 +385,17 @@ class DockerRuntime:
             except docker.errors.APIError as exc:
                 with contextlib.suppress(Exception):
                     container.remove(force=True)
-                raise LaunchError(f"container start failed: {exc.explanation or exc}") from exc
+                text = str(exc.explanation or exc)
+                if spec.memlock_unlimited and "rlimit" in text:
+                    # Retrying cannot help: the engine lacks CAP_SYS_RESOURCE (a rootless or
+                    # nested engine) and cannot lift the limit past its own.
+                    raise LaunchError(
+                        "a model sets mmlock: true, so the container asks for an unlimited "
+                        "memlock ulimit, and the container engine may not grant it (it runs "
+                        "without CAP_SYS_RESOURCE, rootless or nested): set mmlock: false, or "
+                        f"raise the engine's own LimitMEMLOCK ({text})", permanent=True,
+                    ) from exc
+                raise LaunchError(f"container start failed: {text}") from exc
             container.reload()
             return self._track_checked(container)
 

@@ -48,9 +48,11 @@ def test_localai_command_line_env_and_readiness(supervised: Supervised,
                             "--models-path", str(sup.models_dir.resolve()),
                             "--address", f"127.0.0.1:{sup.server_port}"]
     env = seen["env"]
-    assert env["LOCALAI_SINGLE_ACTIVE_BACKEND"] == "true"
+    # No localai.version: the fake binary's --help says v4.9.0, read before the first start.
+    assert env["LOCALAI_MAX_ACTIVE_BACKENDS"] == "1" and env["PYTHON_GRPC_MAX_WORKERS"] == "8"
+    assert "LOCALAI_SINGLE_ACTIVE_BACKEND" not in env and "LOCALAI_PARALLEL_REQUESTS" not in env
+    assert env["LOCALAI_FORCE_BACKEND_SHUTDOWN"] == "true"
     assert env["LLAMACPP_PARALLEL"] == "8" and env["LOCALAI_THREADS"] == "2"
-    assert env["LOCALAI_PARALLEL_REQUESTS"] == "true" and env["PYTHON_GRPC_MAX_WORKERS"] == "8"
     assert env["LOCALAI_LOG_LEVEL"] == "debug"  # the settings override the default
     assert [m["listed"] for m in st["models"]] == [True, True]
     version = json.loads(sup.ctl("version", "--json").stdout)

@@ -33,6 +33,7 @@ def make(fake_localai: Path, tiny_models: Path, tmp_path: Path
                "FAKE_LOCALAI_ENV_OUT": str(tmp_path / f"env{len(made)}.json"),
                "FAKE_LOCALAI_PUBLIC_INTERFACE": "0", **(fake or {})}
         localai = {"version": version, "environment": env, **sections.pop("localai", {})}
+        localai = {k: v for k, v in localai.items() if v is not None}  # None: not set
         sup = Supervised.create(
             tmp_path / f"sup{len(made)}", tiny_models,
             {"tiny-a": "tiny-a.gguf", "tiny-b": "tiny-b.gguf"},
@@ -81,19 +82,23 @@ def test_restarting_a_model_that_is_not_loaded_is_no_failure(
     assert next(m for m in st["models"] if m["name"] == "tiny-b")["last_error"] is None
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_a_busy_model_that_localai_will_not_stop_restarts_the_server(
-        make: Callable[..., Supervised], version: str, tmp_path: Path) -> None:
-    """v4.8.0+ waits 30 s (here x 0.05) for a busy model, then refuses: the server restarts.
-    Before v4.8.0 LocalAI forces the shutdown itself after its retries: the model restart
-    works and the server stays."""
+@pytest.mark.parametrize(("version", "force"), [
+    ("v3.9.0", None), ("v4.1.0", None), ("v4.9.0", None), ("v4.9.0", "false")])
+def test_a_busy_model_is_restarted_alone_where_localai_can_stop_it(
+        make: Callable[..., Supervised], version: str, force: str | None) -> None:
+    """v4.8.0+ waits 30 s (here x 0.05) for a busy model, then stops it because the
+    supervisor passes LOCALAI_FORCE_BACKEND_SHUTDOWN=true (the request in flight is cut);
+    switched off by the user, LocalAI refuses and the server restarts. Before v4.8.0 LocalAI
+    waits until the busy model's request is done, then stops it."""
     import threading
 
-    sup = make(version, {"FAKE_LOCALAI_TIME_SCALE": "0.05", "FAKE_LOCALAI_REPLY_SECONDS": "6"},
-               health={"model_probes": False}).start()
+    fake = {"FAKE_LOCALAI_TIME_SCALE": "0.05", "FAKE_LOCALAI_REPLY_SECONDS": "6"}
+    if force is not None:
+        fake["LOCALAI_FORCE_BACKEND_SHUTDOWN"] = force
+    sup = make(version, fake, health={"model_probes": False}).start()
     sup.wait_running()
     def ask() -> None:
-        with contextlib.suppress(OSError):  # v4.8.0-: the forced shutdown cuts it
+        with contextlib.suppress(OSError):  # the forced shutdown cuts it
             http_json("POST", sup.server_url + "/v1/chat/completions",
                       {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}]}, 20)
 
@@ -101,7 +106,7 @@ def test_a_busy_model_that_localai_will_not_stop_restarts_the_server(
     asked.start()
     time.sleep(0.5)
     assert sup.ctl("restart", "tiny-a").returncode == 0
-    if version == "v4.9.0":
+    if force == "false":
         st = sup.wait_for(lambda s: s["restarts_by_reason"].get("model-escalation") == 1
                           and s["state"] == "RUNNING", 60, "the server restarted for the model")
         assert st["restarts"] == 1
@@ -112,6 +117,71 @@ def test_a_busy_model_that_localai_will_not_stop_restarts_the_server(
         assert '"ok": true' in line, line
         assert sup.status()["restarts"] == 0
     asked.join(30)
+
+
+@pytest.mark.parametrize("version", ("v4.1.0", "v4.9.0"))
+def test_a_hung_model_is_restarted_alone_only_where_localai_cannot_hang_with_it(
+        make: Callable[..., Supervised], version: str) -> None:
+    """Every completion hangs: probes time out while nothing completes. Before v4.8.0
+    /backend/shutdown would wait for the hung model holding LocalAI's global lock, so the
+    server is restarted without asking it; from v4.8.0 the model is stopped alone."""
+    sup = make(version, {"FAKE_LOCALAI_TIME_SCALE": "0.05", "FAKE_LOCALAI_REPLY_SECONDS": "600"},
+               health={"model_probes": True, "model_interval": 1.0, "model_timeout": 1.0,
+                       "model_load_timeout": 5.0, "model_failure_threshold": 2,
+                       "probe_unloaded": "never"}).start()
+    sup.wait_running()
+    # Loaded by a request of our own that hangs like every other.
+    with contextlib.suppress(OSError):
+        http_json("POST", sup.server_url + "/v1/chat/completions",
+                  {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}]}, 1)
+    if version == "v4.1.0":
+        sup.wait_for(lambda s: s["restarts_by_reason"].get("model-escalation") == 1, 60,
+                     "the server restarted for the hung model")
+        logs = sup.logs(400)
+        assert "global loader lock" in logs
+        assert '"model.restart"' not in logs  # /backend/shutdown was never asked
+    else:
+        sup.wait_for(lambda s: '"model.restarted"' in sup.logs(400), 60, "restarted alone")
+        line = next(ln for ln in sup.logs(400).splitlines() if '"model.restarted"' in ln)
+        assert '"ok": true' in line, line
+        assert sup.status()["restarts_by_reason"].get("model-escalation") is None
+
+
+def test_with_no_version_set_the_binarys_own_version_chooses_the_environment(
+        make: Callable[..., Supervised], tmp_path: Path) -> None:
+    """`local-ai --help` says "Version: v4.1.0 (sha)" (there is no --version): read before
+    the first start, so the environment is v4.1.0's from the start."""
+    import os
+
+    os.environ["FAKE_LOCALAI_VERSION"] = "v4.1.0"  # what --help shows, run by the supervisor
+    try:
+        sup = make("v4.1.0", localai={"version": None}).start()
+        st = sup.wait_running()
+    finally:
+        del os.environ["FAKE_LOCALAI_VERSION"]
+    env = json.loads((tmp_path / "env0.json").read_text())["env"]
+    assert "LOCALAI_PARALLEL_REQUESTS" not in env and env["LOCALAI_MAX_ACTIVE_BACKENDS"] == "1"
+    assert st["engine_version"]["version"] == "v4.1.0"
+    assert st["engine_version"]["source"] in ("program", "server")
+    assert '"source": "program"' in sup.logs(300)
+
+
+@pytest.mark.parametrize("level", ("info", "debug"))
+def test_model_logs_on_a_localai_without_backend_logs(
+        make: Callable[..., Supervised], level: str) -> None:
+    """v3.9.0 has no /api/backend-logs: the backend's lines come from LocalAI's own log
+    (debug level only), else the command says why there are none."""
+    sup = make("v3.9.0", {"FAKE_LOCALAI_FAIL_LOAD": "tiny-b", "LOCALAI_LOG_LEVEL": level},
+               health={"model_probes": False}).start()
+    sup.wait_running()
+    with contextlib.suppress(OSError):
+        http_json("POST", sup.server_url + "/v1/chat/completions",
+                  {"model": "tiny-b", "messages": [{"role": "user", "content": "hi"}]}, 10)
+    out = sup.ctl("logs", "tiny-b").stdout
+    if level == "debug":
+        assert "GRPC stderr" in out and "out of memory" in out, out
+    else:
+        assert "LOCALAI_LOG_LEVEL=debug" in out and "v4.1.0+" in out, out
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import threading
@@ -274,3 +275,41 @@ def test_logs_shows_and_follows_the_containers_log(make_supervised) -> None:
         time.sleep(1.5)  # attached (docker's follow starts from the current second)
         assert chat(sup.server_url, "tiny-a")[0] == 200
         until(lambda line: "prompt eval" in line or "chat/completions" in line)
+
+
+def _may_raise_memlock() -> bool:
+    """Whether this host's processes (the bench's dockerd among them) hold CAP_SYS_RESOURCE,
+    which lifting a memlock limit past its hard value needs."""
+    status = Path("/proc/self/status").read_text()
+    eff = int(re.search(r"CapEff:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+    return bool(eff >> 24 & 1)
+
+
+def test_a_model_with_mmlock_gets_unlimited_locked_memory_or_says_why_not(
+        make_supervised, dockerd: Dockerd) -> None:
+    """Docker's default memlock limit (8 MiB) makes mlock of a real model's weights fail:
+    with mmlock on a model, the container gets --ulimit memlock=-1. Where the engine may not
+    grant it (no CAP_SYS_RESOURCE, as on this test bench), the supervisor gives up at once
+    and says why, instead of a crash loop."""
+    from supervised import model_entry
+
+    sup = make_supervised()
+    sup.config_file.write_text(model_entry("tiny-a", "tiny-a.gguf") + "  mmlock: true\n")
+    sup.start()
+    if not _may_raise_memlock():
+        st = sup.wait_for(lambda s: s["state"] == "FATAL", 60, "FATAL")
+        assert "mmlock: true" in st["reason"] and "CAP_SYS_RESOURCE" in st["reason"]
+        assert [e for e in st["recent_events"] if e["event"] == "server.failed"] == []
+        return
+    st = sup.wait_running()
+    info = dockerd.client().api.inspect_container(st["instance"]["id"])
+    assert {"Name": "memlock", "Soft": -1, "Hard": -1} in info["HostConfig"]["Ulimits"]
+    limits = Path(f"/proc/{info['State']['Pid']}/limits").read_text()
+    assert re.search(r"Max locked memory\s+unlimited\s+unlimited", limits), limits
+    wait_chat(sup.server_url, "tiny-a")
+    # Without mmlock the container keeps Docker's default.
+    sup.write_config({"tiny-a": "tiny-a.gguf"})
+    st = sup.wait_for(lambda s: s["instance"] and s["instance"]["id"] != info["Id"]
+                      and s["state"] == "RUNNING", what="restart without mmlock")
+    again = dockerd.client().api.inspect_container(st["instance"]["id"])
+    assert not again["HostConfig"].get("Ulimits")

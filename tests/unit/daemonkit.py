@@ -39,6 +39,7 @@ from supervisor.settings import (
 )
 from supervisor.spec import ServerSpec
 from supervisor.tinygguf import write_tiny_llama
+from supervisor.versions import VersionSource
 from supervisor.vocab import LoadState, ProbeKind
 
 
@@ -67,6 +68,7 @@ class FakeRuntime:
     live: set[str] = field(default_factory=set)
     current: str | None = None
     launched: list[str] = field(default_factory=list)
+    specs: list[ServerSpec] = field(default_factory=list)
     terminated: list[tuple[str | None, float]] = field(default_factory=list)
     # Set: the next launch waits for it (a slow container create).
     gate: asyncio.Event | None = None
@@ -115,6 +117,7 @@ class FakeRuntime:
             raise LaunchError(reason, permanent="not found" in reason)
         if self.live:
             self.launched_over_live += 1
+        self.specs.append(spec)
         token = f"t{next(self._ids)}"
         self.live.add(token)
         self.current = token
@@ -235,7 +238,7 @@ class FakeProber:
         return self.model_status, "{}"
 
     async def loaded(self) -> dict[str, LoadState] | None:
-        return {}
+        return {n: LoadState.LOADED for n in self.resident}
 
     def set_api_key(self, key: str | None) -> None:
         self.api_key = key
@@ -283,7 +286,8 @@ class Harness:
     """The daemon under test, its fakes, and ways to drive its loop one message at a time."""
 
     def __init__(self, base: Path, settings: Settings | None = None,
-                 settings_file: Path | None = None) -> None:
+                 settings_file: Path | None = None,
+                 program_version: tuple[str, VersionSource] | None = None) -> None:
         self.clock = FakeClock()
         self.runtime = FakeRuntime()
         self.prober = FakeProber()
@@ -291,7 +295,8 @@ class Harness:
         self.settings = settings or make_settings(base)
         self.daemon = Daemon(self.settings, settings_file=settings_file, runtime=self.runtime,
                              prober=self.prober, notifier=self.notifier, clock=self.clock,
-                             wall=lambda: 5000.0, rand=lambda: 0.5, drain_poll=0.005)
+                             wall=lambda: 5000.0, rand=lambda: 0.5, drain_poll=0.005,
+                             versioner=lambda _: program_version)
         handle = self.daemon.handle
 
         def handle_and_check(message: object) -> None:

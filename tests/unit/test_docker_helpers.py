@@ -143,3 +143,14 @@ def test_started_ns_orders_restarts_of_the_same_container() -> None:
     first = _started_ns({"State": {"StartedAt": "2024-05-01T12:34:56.999999999Z"}})
     second = _started_ns({"State": {"StartedAt": "2024-05-01T12:34:57.000000001Z"}})
     assert second - first == 2
+
+
+def test_a_model_with_mmlock_gets_an_unlimited_memlock_ulimit() -> None:
+    """Docker's default memlock limit (8 MiB) makes mlock of the weights fail."""
+    assert "ulimits" not in container_kwargs(make_spec(), "c")
+    (ulimit,) = container_kwargs(make_spec(memlock_unlimited=True), "c")["ulimits"]
+    assert (ulimit["Name"], ulimit["Soft"], ulimit["Hard"]) == ("memlock", -1, -1)
+    # A spec without it keeps the digest it had before the field existed (no restart on
+    # upgrade); one with it differs.
+    assert make_spec().digest() == make_spec(memlock_unlimited=False).digest()
+    assert make_spec(memlock_unlimited=True).digest() != make_spec().digest()

@@ -421,12 +421,54 @@ def test_template_end_marker() -> None:
     w = only(lint([facts(templates={"chat": chat})], LOCALAI))
     assert w == Lint(
         "template-end-marker", "m", ("template", "chat"),
-        "template.chat ends turns with '<|im_end|>' but stopwords does not list it: the model "
-        "will echo it at the end of answers",
+        "template.chat (ChatML) ends each turn with '<|im_end|>' but stopwords does not list "
+        "it: the model writes it when its answer is done, and it shows at the end of answers",
         "add '<|im_end|>' to stopwords")
+    assert w.snippet == 'stopwords:\n- "</s>"\n- "<|im_end|>"\n'
     assert lint([facts(templates={"chat": chat}, stopwords=("</s>", "<|im_end|>"))],
                 LOCALAI) == []
     assert lint([facts(templates={"chat": chat})], LLAMA) == []
+
+
+# Each family in its chat (whole conversation, .Input) and chat_message (.Content) form, and
+# the stopwords its turn roles call for: end-of-turn markers, and the next user turn's opener
+# where the answer ends with EOS. An assistant opener ([/INST], ASSISTANT:) is never one.
+FAMILY_TEMPLATES = [
+    ("Llama-2/Mistral", "[INST] {{.Input}} [/INST]",
+     "{{if eq .RoleName \"user\"}}[INST] {{.Content}} [/INST]{{else}}{{.Content}}{{end}}",
+     ["[INST]"]),
+    ("ChatML", "<|im_start|>user\n{{.Input}}<|im_end|>\n<|im_start|>assistant\n",
+     "<|im_start|>{{.RoleName}}\n{{.Content}}<|im_end|>", ["<|im_end|>"]),
+    ("Llama-3", "<|start_header_id|>user<|end_header_id|>\n\n{{.Input}}<|eot_id|>"
+     "<|start_header_id|>assistant<|end_header_id|>\n\n",
+     "<|start_header_id|>{{.RoleName}}<|end_header_id|>\n\n{{.Content}}<|eot_id|>",
+     ["<|eot_id|>"]),
+    ("Vicuna", "USER: {{.Input}}\nASSISTANT:", "{{.RoleName}}: {{.Content}}"
+     "{{if eq .RoleName \"user\"}}\nUSER: {{end}}", ["USER:"]),
+    ("Gemma", "<start_of_turn>user\n{{.Input}}<end_of_turn>\n<start_of_turn>model\n",
+     "<start_of_turn>{{.RoleName}}\n{{.Content}}<end_of_turn>", ["<end_of_turn>"]),
+]
+
+
+@pytest.mark.parametrize(("family", "chat", "message", "stops"), FAMILY_TEMPLATES)
+@pytest.mark.parametrize("key", ["chat", "chat_message"])
+def test_turn_markers_are_read_by_their_role(family: str, chat: str, message: str,
+                                             stops: list[str], key: str) -> None:
+    text = chat if key == "chat" else message
+    found = [w for w in lint([facts(templates={key: text})], LOCALAI)
+             if w.code == "template-end-marker"]
+    assert [w.message.split("'")[1] for w in found] == stops, found
+    assert all(f"({family})" in w.message for w in found)
+    assert not any("[/INST]" in w.message or "ASSISTANT:" in w.hint for w in found)
+    # Listed: nothing to say.
+    assert [w for w in lint([facts(templates={key: text}, stopwords=("</s>", *stops))],
+                            LOCALAI) if w.code == "template-end-marker"] == []
+
+
+def test_the_llama2_finding_names_the_next_turn_not_the_assistant_opener() -> None:
+    w = only(lint([facts(templates={"chat": "[INST] {{.Input}} [/INST]"})], LOCALAI))
+    assert "opens each user turn with '[INST]'" in w.message and "EOS" in w.message
+    assert "[/INST]" not in w.message and w.hint == "add '[INST]' to stopwords"
 
 
 @pytest.mark.parametrize("version", [None, "v3.8.0", "v4.9.0"])
@@ -457,10 +499,29 @@ def test_the_tokenizer_template_before_v3_8_is_unsupported_and_silences_nothing(
 
 
 def test_template_end_markers_in_every_template_are_reported() -> None:
-    found = lint([facts(templates={"completion": "{{.Input}}[/INST]",
+    found = lint([facts(templates={"completion": "{{.Input}}<|im_end|>",
                                    "chat_message": "{{.Content}}<|eot_id|>"})], LOCALAI)
     assert [(w.path, w.message.split("'")[1]) for w in found] == [
-        (("template", "chat_message"), "<|eot_id|>"), (("template", "completion"), "[/INST]")]
+        (("template", "chat_message"), "<|eot_id|>"), (("template", "completion"), "<|im_end|>")]
+
+
+# ---- chat-is-per-message ------------------------------------------------------------------
+
+
+def test_a_per_message_template_under_chat_is_moved_to_chat_message() -> None:
+    chat = ("{{if .SystemPrompt}}<<SYS>>{{.SystemPrompt}}<</SYS>>{{end}}"
+            "{{if eq .RoleName \"user\"}}[INST] {{.Content}} [/INST]{{else}}{{.Content}}{{end}}")
+    found = lint([facts(templates={"chat": chat}, stopwords=("</s>", "[INST]"))], LOCALAI)
+    w = only(found)
+    assert (w.code, w.path) == ("chat-is-per-message", ("template", "chat"))
+    assert "this is a chat_message template" in w.message
+    assert ".Content, .RoleName" in w.message and "insert" not in w.hint
+    assert w.hint.startswith("move it to template.chat_message")
+    assert w.snippet is not None and w.snippet.startswith("template:\n  chat_message: |\n")
+    assert "  chat: |\n    {{.Input}}\n" in w.snippet and "[INST] {{.Content}}" in w.snippet
+    # The same text under chat_message is right.
+    assert lint([facts(templates={"chat_message": chat}, stopwords=("</s>", "[INST]"))],
+                LOCALAI) == []
 
 
 # ---- template-ignores-input ---------------------------------------------------------------
