@@ -151,7 +151,8 @@ async def call(socket: Path, command: str, body: dict[str, Any] | None = None,
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
         ) as http:
-            method = "GET" if command in ("status", "version") else "POST"
+            method = "GET" if command.partition("?")[0] in ("status", "version", "doctor") \
+                else "POST"
             async with http.request(method, f"http://supervisor/v1/{command}",
                                     json=body) as resp:
                 data: dict[str, Any] = await resp.json()
@@ -194,6 +195,42 @@ async def _stream(socket: Path, what: str, lines: int, follow: bool, as_json: bo
         print(f"supervisorctl: {exc}", file=sys.stderr)
         return exc.code
     return CTL_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """Ask the daemon; when none answers (or --offline), check what can be checked here."""
+    from .doctor import DoctorReport, render
+
+    path, required = _settings_path(args.config)
+    try:
+        settings = load_settings(path, required=required)
+    except SettingsError as exc:
+        print(f"supervisorctl: {exc}", file=sys.stderr)
+        return CTL_ERROR
+    report = None
+    if not args.offline:
+        query = f"?model={urllib.parse.quote(args.model, safe='')}" if args.model else ""
+        try:
+            answer = asyncio.run(call(args.socket or settings.supervisor.control_socket,
+                                      "doctor" + query, timeout=120))
+        except CtlError as exc:
+            if exc.code != CTL_UNREACHABLE:
+                print(f"supervisorctl: {exc}", file=sys.stderr)
+                return exc.code
+            print(f"supervisorctl: {exc}; checking offline (config, models dir, host)",
+                  file=sys.stderr)
+        else:
+            if "error" in answer:
+                print(f"supervisorctl: {answer['error']}", file=sys.stderr)
+                return CTL_ERROR
+            report = DoctorReport.model_validate(answer)
+    if report is None:
+        from .checkup import offline_report
+
+        report = offline_report(settings, args.model)
+    print(json.dumps(report.model_dump(mode="json"), indent=2) if args.json
+          else render(report), end="" if not args.json else "\n")
+    return CTL_UNHEALTHY if report.findings else CTL_OK
 
 
 def ctl_main(argv: list[str] | None = None) -> None:
@@ -248,6 +285,17 @@ def ctl_main(argv: list[str] | None = None) -> None:
                              help="restart only this model, in place")
     by_name["restart"].add_argument("--force", action="store_true",
                              help="do not wait for requests in flight")
+    doctor = sub.add_parser(
+        "doctor", help="explain cut-off answers, special tokens in answers, 'could not load "
+        "model' and slow swaps for the engine version running, with evidence and the fix as "
+        "YAML: live from the daemon (its logs and state included), or offline from the "
+        "config and models dir when no daemon answers (or with --offline). Exit 0 no "
+        "findings, 1 findings")
+    doctor.add_argument("model", nargs="?", metavar="MODEL", help="only this model")
+    doctor.add_argument("--offline", action="store_true",
+                        help="do not ask the daemon: config, models dir and host only")
+    doctor.add_argument("-s", "--socket", type=Path, default=argparse.SUPPRESS,
+                        help="control socket (as the global option)")
     check = sub.add_parser(
         "check", help="validate a model config, the models dir and the settings without a "
         "daemon (like nginx -t): exit 0 ok, 1 warnings with --strict, 2 errors")
@@ -257,7 +305,7 @@ def ctl_main(argv: list[str] | None = None) -> None:
     check.add_argument("--settings", metavar="FILE", help="settings file (default: -c or "
                        f"{DEFAULT_SETTINGS_FILE})")
     check.add_argument("--strict", action="store_true", help="exit 1 on warnings")
-    for command in (*commands, check):
+    for command in (*commands, check, doctor):
         # --json after the command name too (`supervisorctl status --json`).
         command.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                              help="print the raw JSON answer")
@@ -273,6 +321,9 @@ def ctl_main(argv: list[str] | None = None) -> None:
         checked = run_check(path, required, args.model_config, args.models_dir)
         print(render(checked, args.strict, args.json))
         sys.exit(checked.exit_code(args.strict))
+
+    if args.command == "doctor":
+        sys.exit(_doctor(args))
 
     socket = args.socket
     if socket is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from .doctor import symptom_of
 from .engines import EngineAdapter, EngineLaunch
 from .findings import Problem
 from .ggufinfo import GGUFInfo
@@ -420,7 +421,8 @@ class ConfigOwner:
             spec=self.spec.digest() if self.spec else None, rejected=rejection,
             pending=[PendingFile(model=p.model, file=str(p.path), reason=p.reason)
                      for p in self._pending],
-            warnings=[Finding(**w.as_dict()) for w in self._warnings],
+            warnings=[Finding(**w.as_dict(), symptom=symptom_of(w.code))
+                      for w in self._warnings],
             checks=self._checks, last_check=self._last[0] if self._last else None,
             last_check_at=self._last[1] if self._last else None,
         )

@@ -148,6 +148,13 @@ def _app(daemon: Daemon) -> web.Application:
             "image": st.instance.image if st.instance else None,
             "spec": st.config.spec, "state": st.state.value})
 
+    async def doctor(request: web.Request) -> web.Response:
+        model = request.query.get("model") or None
+        if model and model not in {m.name for m in daemon.status().models}:
+            return _error(f"no model {model!r} in the applied config", 404)
+        report = await daemon.doctor(model)
+        return web.json_response(report.model_dump(mode="json"))
+
     async def logs(request: web.Request) -> web.StreamResponse:
         """The server's last ``n`` log lines; with ``follow=1``, then new ones as written."""
         try:
@@ -196,6 +203,7 @@ def _app(daemon: Daemon) -> web.Application:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/logs", logs)
     app.router.add_get("/v1/version", version)
+    app.router.add_get("/v1/doctor", doctor)
     app.router.add_get("/v1/{command}", handle)
     app.router.add_post("/v1/{command}", handle)
     return app

@@ -30,7 +30,9 @@ import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import __version__, gpumem
+from .checkup import offline_findings
 from .configuration import ConfigApplied, ConfigOwner, Validated, check
+from .doctor import DoctorReport, from_load_log, smoke_findings
 from .effects import (
     DRAIN_POLL_SECONDS,
     DrainResult,
@@ -52,6 +54,7 @@ from .gateway import (
 )
 from .health import Prober, Probing, ask_version
 from .metrics import GatewayGauges, GatewayMetrics, ProbeMetrics, StatusCollector
+from .modelhealth import ModelState
 from .models import (
     ModelProbed,
     ModelRestarted,
@@ -85,7 +88,7 @@ from .server import (
 from .settings import Engine, OnStop, Settings, SettingsError, load_settings
 from .status import CheckOutcome, CommandResult, Journal, ReloadResult, Status
 from .tasks import TaskSet
-from .versions import KnownVersion, Version, VersionSource
+from .versions import KnownVersion, Version, VersionSource, at_least
 from .vocab import RestartReason
 from .watch import Watcher
 
@@ -109,6 +112,8 @@ EXIT_CONFIG = 2
 MODEL_LOG_TIMEOUT = 5.0
 # `logs MODEL` on llama-server: this many lines of the router's log are searched.
 MODEL_LOG_SCAN = 20_000
+# How much of a failing model's own log doctor reads for the cause.
+DOCTOR_LOG_LINES = 400
 # `logs -f MODEL` on LocalAI: its per-model log is asked for again this often.
 MODEL_LOG_POLL_SECONDS = 1.0
 # After the gateway's per-request messages, housekeeping runs at most this often.
@@ -570,6 +575,33 @@ class Daemon:
     async def engine_version(self) -> str | None:
         """What the running engine says its version is (None: it does not answer)."""
         return await ask_version(self._prober, self._engine)
+
+    async def doctor(self, model: str | None = None) -> DoctorReport:
+        """The quiet failures explained for the version running: the config and host
+        (checked off the loop), the smoke check's verdicts, and each failing model's own log."""
+        st = self.status()
+        known = st.engine_version
+        version = Version.parse(known.version) if known else None
+        found = await asyncio.to_thread(offline_findings, self.settings, version, model)
+        loaded = [m.name for m in st.models if m.loaded]
+        hides = self._engine.kind is Engine.LOCALAI and not at_least(version, 3, 10,
+                                                                      unknown=True)
+        for m in st.models:
+            if model is not None and m.name != model:
+                continue
+            found += smoke_findings(m.name, m.output_warning)
+            if m.last_error or m.health in (ModelState.FAILED, ModelState.FAILING):
+                lines = await self.model_log(m.name, DOCTOR_LOG_LINES)
+                finding = from_load_log(m.name, m.last_error, lines,
+                                        [n for n in loaded if n != m.name], hides)
+                if finding is not None:
+                    found.append(finding)
+        # llama-server's build ("b11434-…") is no release version: shown as it says it.
+        reported = known.reported if known else await self.engine_version()
+        return DoctorReport(engine=self._engine.kind, engine_version=reported,
+                            version_source=known.source.value if known else
+                            ("server" if reported else None),
+                            live=True, findings=found)
 
     async def server_log(self, lines: int) -> list[str]:
         """The last ``lines`` of the server's log (read by the runtime off the loop)."""

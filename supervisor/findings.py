@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -26,6 +27,10 @@ class Problem:
     code: str = "invalid"
     model: str | None = None
     hint: str | None = None
+    # The fix as YAML to paste (lint warnings that have one).
+    snippet: str | None = dataclasses.field(default=None, compare=False)
+    # What it rests on besides the located field (GGUF keys, settings).
+    evidence: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def __str__(self) -> str:
         where = str(self.file)

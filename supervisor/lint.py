@@ -60,6 +60,8 @@ class Lint:
     hint: str
     # The fix as YAML to paste into the model's entry (not compared: it restates the hint).
     snippet: str | None = field(default=None, compare=False)
+    # What the finding rests on besides the field itself (GGUF keys, settings).
+    evidence: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -195,19 +197,61 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
             "context-exceeds-training", f.name, ("context_size",),
             f"context_size {f.context_size} exceeds the model's trained context {trained}: "
             "output degrades past it", f"set context_size to at most {trained}"))
-    slots = _slots(f, ctx)
+    if _option(f.options, "context_shift") == "true":
+        return out  # the backend drops old tokens instead of stopping: no cut-off
+    slots = 1 if _kv_unified(f, ctx) else _slots(f, ctx)
     per_slot = f.context_size // slots
     need = max(MIN_SLOT_CONTEXT, (f.max_tokens or 0) + PROMPT_ALLOWANCE)
     if per_slot < need:
+        unified = ("LocalAI before v4.3.0 does not unify the KV cache: "
+                   + _assumed(ctx.engine_version))
         split = (f" split over {slots} parallel slots (LLAMACPP_PARALLEL / options parallel; "
-                 "LocalAI before v4.3.0 does not unify the KV cache)" if slots > 1 else "")
+                 f"{unified})" if slots > 1 else "")
+        evidence = [f"context_size {f.context_size}", f"{slots} slot(s) per model ("
+                    + (ctx.parallel_setting if _option_parallel(f.options) in (None, 1)
+                       else "options parallel") + ")"]
+        if trained:
+            evidence.append(f"GGUF {f.gguf.architecture if f.gguf else ''}.context_length "
+                            f"{trained}")
         out.append(Lint(
             "context-too-small", f.name, ("context_size",),
             f"about {per_slot} tokens per request{split}: answers will be cut off mid-sentence "
-            "when prompt + answer fill it, and LocalAI still reports finish_reason \"stop\"",
+            "when prompt + answer fill it, with no error (context shift is off), and LocalAI "
+            "still reports finish_reason \"stop\"",
             f"raise context_size to at least {need * slots}"
-            + (" or lower the parallel slots" if slots > 1 else "")))
+            + (" or lower the parallel slots" if slots > 1 else ""),
+            snippet=f"context_size: {need * slots}\n",
+            evidence=tuple(evidence)))
     return out
+
+
+def request_budget(context_size: int | None, options: Sequence[str],
+                   ctx: LintContext) -> int | None:
+    """Tokens one request gets (prompt + answer): the slot's share of context_size, or all
+    of it with a unified KV cache; None when context_size is unset."""
+    if context_size is None:
+        return None
+    facts = ModelFacts("", context_size, None, None, (), {}, False, tuple(options), None, None)
+    return context_size // (1 if _kv_unified(facts, ctx) else _slots(facts, ctx))
+
+
+def _option(options: Sequence[str], name: str) -> str | None:
+    """A backend option's value (``name:value``), the last one winning; None when unset."""
+    found = None
+    for opt in options:
+        key, _, value = opt.partition(":")
+        if key.strip() == name:
+            found = value.strip().lower() or "true"
+    return found
+
+
+def _kv_unified(f: ModelFacts, ctx: LintContext) -> bool:
+    """All slots share one KV cache: LocalAI's default from v4.3.0 (``kv_unified:false``
+    turns it off); llama-server only with ``kv_unified:true``. Unknown version: split."""
+    wanted = _option(f.options, "kv_unified")
+    if ctx.engine is Engine.LOCALAI:
+        return wanted != "false" and at_least(ctx.engine_version, 4, 3, 0, unknown=False)
+    return wanted == "true"
 
 
 def parallel_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
@@ -244,7 +288,8 @@ def max_tokens_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
         "max-tokens-unset", f.name, ("parameters", "max_tokens"),
         "parameters.max_tokens is not set: only the slot's context bounds an answer, so a "
         "runaway answer is cut mid-sentence when the context fills",
-        "set parameters.max_tokens below the per-request context")]
+        "set parameters.max_tokens below the per-request context",
+        snippet="parameters:\n  max_tokens: 512\n")]
 
 
 def _has_template(f: ModelFacts) -> bool:
@@ -282,16 +327,35 @@ def special_token_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
             # A stopword stops generation when it appears in the output: one that is part of
             # the token's text stops it; a longer one containing it never matches.
             if not any(s and s in tok for s in stops):
+                key = ("tokenizer.ggml.eos_token_id" if tok == f.gguf.eos_token
+                       else "tokenizer.ggml.eot_token_id")
                 out.append(Lint(
                     "special-tokens", f.name, ("stopwords",),
                     f"the model ends turns with {tok!r} but stopwords does not list it: special "
                     f"tokens will appear at the end of answers{since}",
                     f"add {tok!r} to stopwords{tokenizer_fix}",
-                    snippet=stopwords_snippet(f.stopwords, tok)))
+                    snippet=stopwords_snippet(f.stopwords, tok),
+                    evidence=(f"GGUF {key} -> {tok!r}",)))
+    own = turns_of(f.gguf.chat_template) if f.gguf and f.gguf.chat_template else None
     for key, text in sorted(f.templates.items()):
         turns = turns_of(text)
         if turns is None:
             continue
+        if own is not None and own.family != turns.family:
+            fix = ("set template.use_tokenizer_template: true (the GGUF's own template)"
+                   if _tokenizer_template_honoured(v) else
+                   f"write template.{key} with the {own.family.name} markers")
+            out.append(Lint(
+                "template-family-mismatch", f.name, ("template", key),
+                f"template.{key} uses {turns.family.name} markers "
+                f"({', '.join(m for m, _ in turns.found)}) but the model's own chat template "
+                f"(GGUF tokenizer.chat_template) uses {own.family.name} markers "
+                f"({', '.join(m for m, _ in own.found)}): the model was trained to end its "
+                "turns the other way, so it runs on past them and its own end markers show in "
+                "answers", fix,
+                snippet="template:\n  use_tokenizer_template: true\n"
+                if _tokenizer_template_honoured(v) else None,
+                evidence=(f"GGUF tokenizer.chat_template: {own.family.name}",)))
         for marker, why in turns.stopwords():
             if marker in stops:
                 continue
@@ -394,7 +458,8 @@ def gpu_layers_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
         "gpu-layers-exceed", f.name, ("gpu_layers",),
         f"gpu_layers {f.gpu_layers} is more than this model's {f.gguf.block_count} blocks + 1: "
         "check that parameters.model is the model you meant",
-        f"gpu_layers: {most} offloads every layer")]
+        f"gpu_layers: {most} offloads every layer", snippet=f"gpu_layers: {most}\n",
+        evidence=(f"GGUF {f.gguf.architecture}.block_count {f.gguf.block_count}",))]
 
 
 def kv_cache_bytes(f: ModelFacts) -> int:

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .classify import Cause
+from .doctor import Symptom
 from .gateway import GatewayObserver, Outcome
 from .gpumem import GpuReading
 from .gpumetrics import gpu_exposition
@@ -166,6 +167,11 @@ class StatusCollector(Collector):
         if st.retry_in_seconds is not None:
             yield gauge("server_backoff_seconds", "Seconds until the next start attempt",
                         st.retry_in_seconds)
+        findings = gauge("findings", "What `supervisorctl doctor` would report, by symptom",
+                         labels=("symptom",))
+        for symptom in Symptom:
+            findings.add_metric((symptom.name.lower(),), st.findings_by_symptom.get(symptom, 0))
+        yield findings
         failures = counter("server_failures", "Server failures by the cause its log named",
                            labels=("cause",))
         for c in Cause:

@@ -595,7 +595,7 @@ def _locate(w: Lint, by_name: Mapping[str, _Source], config_file: Path) -> Probl
     return Problem(
         src.file if src else config_file, w.message, line=line,
         field=".".join((w.model, *w.path)) if w.model else None, severity=Severity.WARNING,
-        code=w.code, model=w.model, hint=w.hint,
+        code=w.code, model=w.model, hint=w.hint, snippet=w.snippet, evidence=w.evidence,
     )
 
 

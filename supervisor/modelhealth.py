@@ -210,13 +210,24 @@ def idle_for(samples: Sequence[tuple[float, float | None, int | None]], now: flo
 
 
 def smoke_verdict(content: str, finish_reason: str | None, completion_tokens: int | None,
-                  max_tokens: int, end_tokens: Sequence[str]) -> str | None:
-    """What is wrong with a fixed-prompt answer, if anything (a warning, never a restart)."""
+                  max_tokens: int, end_tokens: Sequence[str], prompt_tokens: int | None = None,
+                  budget: int | None = None) -> str | None:
+    """What is wrong with a fixed-prompt answer, if anything (a warning, never a restart).
+
+    ``budget``: the tokens one request gets (the slot's share of context_size). An answer
+    that stops where prompt + answer fill it was cut, whatever ``finish_reason`` says:
+    LocalAI reports "stop" there (LOCALAI-NOTES, failure 2)."""
     tail = content.rstrip()
     leaked = next((t for t in end_tokens if t and tail.endswith(t)), None)
     if leaked:
         return (f"the answer ends with the special token {leaked!r}: add it to stopwords or set "
                 "template.use_tokenizer_template: true")
+    if (budget is not None and prompt_tokens is not None and completion_tokens is not None
+            and completion_tokens < max_tokens and prompt_tokens + completion_tokens >= budget - 1):
+        return (f"the answer was cut off after {completion_tokens} tokens: prompt "
+                f"({prompt_tokens}) + answer filled the {budget} tokens a request gets, though "
+                f"finish_reason says {finish_reason!r} (raise context_size or lower the "
+                "parallel slots)")
     if (finish_reason == "length" and completion_tokens is not None
             and completion_tokens < max_tokens):
         return (f"the answer was cut off after {completion_tokens} of {max_tokens} tokens: the "

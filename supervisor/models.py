@@ -25,7 +25,7 @@ from .engines import Call, EngineAdapter
 from .engines.base import RestartAnswer
 from .ggufinfo import GGUFInfo
 from .health import ModelsSeen, Probing
-from .lint import END_MARKERS
+from .lint import END_MARKERS, context_for, request_budget
 from .modelconfig import ModelSet
 from .policy import Escalate
 from .settings import Settings
@@ -351,8 +351,14 @@ class ModelsOwner:
                 used = data.get("usage", {}).get("completion_tokens")
                 gguf = self._ggufs.get(name)
                 ends = [t for t in (gguf.eos_token, gguf.eot_token) if t] if gguf else []
+                entry = next((e for e in self._models.entries if e.name == name), None) \
+                    if self._models else None
+                budget = request_budget(entry.context_size, entry.options or (),
+                                        context_for(self._settings, self._version)) \
+                    if entry else None
                 warning = mh.smoke_verdict(content, choice.get("finish_reason"), used, limit,
-                                           [*ends, *END_MARKERS])
+                                           [*ends, *END_MARKERS],
+                                           data.get("usage", {}).get("prompt_tokens"), budget)
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 warning = f"unexpected answer shape: {exc}"
         self._post(Smoked(token, name, warning))

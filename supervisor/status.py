@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .classify import Cause
+from .doctor import Symptom, symptom_of
 from .modelhealth import ModelState
 from .policy import State
 from .scheduler import Phase, Refusal
@@ -75,6 +76,8 @@ class PendingFile(_Model):
 class Finding(_Model):
     severity: str
     code: str
+    symptom: Symptom = Field(Symptom.OTHER, description="what people see when it bites "
+                             "(supervisorctl doctor groups by it)")
     file: str
     line: int | None
     column: int | None
@@ -236,6 +239,9 @@ class Status(_Model):
         "the cause its log named")
     engine_version: EngineVersionStatus | None = Field(
         None, description="the engine version behaviour follows (null: unknown)")
+    findings_by_symptom: dict[Symptom, int] = Field(
+        default_factory=dict, description="what `supervisorctl doctor` would report, counted "
+        "by symptom: config warnings, the smoke check's verdicts, models failing to load")
     config: ConfigStatus
     models: list[ModelStatus]
     gateway: GatewaySnapshot | None = None
@@ -260,9 +266,22 @@ class Status(_Model):
             retry_in_seconds=server.retry_in_seconds, maintenance=server.maintenance,
             failures_by_cause=server.failures_by_cause,
             engine_version=server.engine_version,
+            findings_by_symptom=_count_symptoms(config, models.models),
             config=config, models=models.models,
             gateway=gateway, recent_events=recent,
         )
+
+
+def _count_symptoms(config: ConfigStatus, models: list[ModelStatus]) -> dict[Symptom, int]:
+    counts: dict[Symptom, int] = {}
+    found = [w.symptom for w in config.warnings]
+    found += [symptom_of("smoke-special-token" if "special token" in m.output_warning
+                         else "smoke-cut-off") for m in models if m.output_warning]
+    found += [Symptom.LOAD_FAILS for m in models if m.last_error
+              and m.health in (ModelState.FAILED, ModelState.FAILING)]
+    for symptom in found:
+        counts[symptom] = counts.get(symptom, 0) + 1
+    return counts
 
 
 class Readiness(_Model):

@@ -48,8 +48,14 @@ def write_tiny_llama(
     n_ff: int = 128,
     chat_template: str | None = DEFAULT_CHAT_TEMPLATE,
     name: str = "tiny",
+    architecture: str = "llama",
+    wrong_shape: bool = False,
 ) -> Path:
-    """Write a random-weight llama model to ``path``; different seeds give different files."""
+    """Write a random-weight llama model to ``path``; different seeds give different files.
+
+    For load failures: ``architecture`` names another one (an engine that does not know it
+    refuses the file), ``wrong_shape`` gives one tensor a shape the architecture does not
+    allow (a damaged file whose header still reads)."""
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
     tokens, scores, types = _vocab()
@@ -64,7 +70,7 @@ def write_tiny_llama(
         return np.ones(n, dtype=np.float32)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, architecture)
     writer.add_name(name)
     writer.add_context_length(context_length)
     writer.add_embedding_length(n_embd)
@@ -96,7 +102,8 @@ def write_tiny_llama(
         blk = f"blk.{i}"
         writer.add_tensor(f"{blk}.attn_norm.weight", ones(n_embd))
         for proj in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"{blk}.{proj}.weight", matrix(n_embd, n_embd))
+            rows = n_embd + 8 if wrong_shape and i == 0 and proj == "attn_q" else n_embd
+            writer.add_tensor(f"{blk}.{proj}.weight", matrix(rows, n_embd))
         writer.add_tensor(f"{blk}.ffn_norm.weight", ones(n_embd))
         writer.add_tensor(f"{blk}.ffn_gate.weight", matrix(n_ff, n_embd))
         writer.add_tensor(f"{blk}.ffn_up.weight", matrix(n_ff, n_embd))

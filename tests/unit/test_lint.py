@@ -156,10 +156,37 @@ def test_context_too_small_split_over_parallel_slots() -> None:
     assert w == Lint(
         "context-too-small", "m", ("context_size",),
         "about 511 tokens per request split over 8 parallel slots (LLAMACPP_PARALLEL / options "
-        "parallel; LocalAI before v4.3.0 does not unify the KV cache): answers will be cut off "
-        "mid-sentence when prompt + answer fill it, and LocalAI still reports finish_reason "
-        "\"stop\"",
+        "parallel; LocalAI before v4.3.0 does not unify the KV cache: version unknown: "
+        "assumed): answers will be cut off mid-sentence when prompt + answer fill it, with no "
+        "error (context shift is off), and LocalAI still reports finish_reason \"stop\"",
         "raise context_size to at least 8192 or lower the parallel slots")
+    assert w.snippet == "context_size: 8192\n"
+    assert w.evidence == ("context_size 4095", "8 slot(s) per model (server.parallel)",
+                          "GGUF llama.context_length 4096")
+
+
+@pytest.mark.parametrize(("version", "options", "split"), [
+    (None, (), True), ("v4.2.0", (), True),                 # split: 511 tokens per request
+    ("v4.3.0", (), False), ("v4.9.0", (), False),          # one KV cache shared by the slots
+    ("v4.9.0", ("kv_unified:false",), True),
+])
+def test_from_v4_3_the_kv_cache_is_unified_and_not_split_per_slot(
+        version: str | None, options: tuple[str, ...], split: bool) -> None:
+    found = lint([facts(context_size=4095, options=options)], on(version, parallel=8))
+    assert codes(found) == (["context-too-small"] if split else [])
+
+
+def test_llama_server_splits_unless_kv_unified() -> None:
+    llama = LintContext(engine=Engine.LLAMA_SERVER)
+    assert codes(lint([facts(context_size=4095, options=("parallel:8",))], llama)) == [
+        "context-too-small"]
+    assert lint([facts(context_size=4095, options=("parallel:8", "kv_unified:true"))],
+                llama) == []
+
+
+def test_context_shift_on_means_no_cut_off() -> None:
+    assert lint([facts(context_size=4095, options=("context_shift:true",))],
+                LintContext(parallel=8)) == []
 
 
 def test_context_too_small_single_slot() -> None:
@@ -182,7 +209,7 @@ def test_context_too_small_counts_max_tokens_plus_a_prompt() -> None:
         (("parallel:8",), True),
         (("parallel:x",), True),  # not a number: the server setting (8) stands
         (("parallel:0",), False),  # at least one slot
-        (("context_shift:true",), True),
+        (("context_shift:false",), True),
     ],
 )
 def test_options_parallel_overrides_the_server_setting(options: tuple[str, ...],
@@ -213,12 +240,15 @@ def test_llamacpp_parallel_overrides_options_parallel_1(version: str | None) -> 
     # LLAMACPP_PARALLEL applies whenever the model's parallel is 1: an explicit parallel:1 too.
     found = lint([facts(context_size=4095, options=("parallel:1",))],
                  on(version, parallel=8))
-    assert codes(found) == ["context-too-small", "parallel-overridden"]
-    assert found[0].message.startswith("about 511 tokens per request split over 8 parallel")
+    if version == "v4.9.0":  # a unified KV cache: 8 slots, but no cut-off at 511 tokens
+        assert codes(found) == ["parallel-overridden"]
+    else:
+        assert codes(found) == ["context-too-small", "parallel-overridden"]
+        assert found[0].message.startswith("about 511 tokens per request split over 8 parallel")
     why = ("LocalAI v3.8.0+ applies it to every model whose parallel is 1, and earlier "
            "versions read no parallel option" if version is None else
            f"LocalAI v3.8.0+ ({version} here) applies it to every model whose parallel is 1")
-    assert found[1] == Lint(
+    assert found[-1] == Lint(
         "parallel-overridden", "m", ("options",),
         "options parallel:1 does not make this model serve one request at a time: "
         f"LLAMACPP_PARALLEL=8 (server.parallel) overrides it ({why}), so it gets 8 slots",
@@ -466,7 +496,8 @@ def test_turn_markers_are_read_by_their_role(family: str, chat: str, message: st
 
 
 def test_the_llama2_finding_names_the_next_turn_not_the_assistant_opener() -> None:
-    w = only(lint([facts(templates={"chat": "[INST] {{.Input}} [/INST]"})], LOCALAI))
+    w = only(lint([facts(templates={"chat": "[INST] {{.Input}} [/INST]"},
+                         gguf=gguf(chat_template=None))], LOCALAI))
     assert "opens each user turn with '[INST]'" in w.message and "EOS" in w.message
     assert "[/INST]" not in w.message and w.hint == "add '[INST]' to stopwords"
 
@@ -501,6 +532,7 @@ def test_the_tokenizer_template_before_v3_8_is_unsupported_and_silences_nothing(
 def test_template_end_markers_in_every_template_are_reported() -> None:
     found = lint([facts(templates={"completion": "{{.Input}}<|im_end|>",
                                    "chat_message": "{{.Content}}<|eot_id|>"})], LOCALAI)
+    found = [w for w in found if w.code == "template-end-marker"]
     assert [(w.path, w.message.split("'")[1]) for w in found] == [
         (("template", "chat_message"), "<|eot_id|>"), (("template", "completion"), "<|im_end|>")]
 
@@ -511,7 +543,8 @@ def test_template_end_markers_in_every_template_are_reported() -> None:
 def test_a_per_message_template_under_chat_is_moved_to_chat_message() -> None:
     chat = ("{{if .SystemPrompt}}<<SYS>>{{.SystemPrompt}}<</SYS>>{{end}}"
             "{{if eq .RoleName \"user\"}}[INST] {{.Content}} [/INST]{{else}}{{.Content}}{{end}}")
-    found = lint([facts(templates={"chat": chat}, stopwords=("</s>", "[INST]"))], LOCALAI)
+    found = lint([facts(templates={"chat": chat}, stopwords=("</s>", "[INST]"),
+                        gguf=gguf(chat_template=None))], LOCALAI)
     w = only(found)
     assert (w.code, w.path) == ("chat-is-per-message", ("template", "chat"))
     assert "this is a chat_message template" in w.message
@@ -520,8 +553,31 @@ def test_a_per_message_template_under_chat_is_moved_to_chat_message() -> None:
     assert w.snippet is not None and w.snippet.startswith("template:\n  chat_message: |\n")
     assert "  chat: |\n    {{.Input}}\n" in w.snippet and "[INST] {{.Content}}" in w.snippet
     # The same text under chat_message is right.
-    assert lint([facts(templates={"chat_message": chat}, stopwords=("</s>", "[INST]"))],
-                LOCALAI) == []
+    assert lint([facts(templates={"chat_message": chat}, stopwords=("</s>", "[INST]"),
+                       gguf=gguf(chat_template=None))], LOCALAI) == []
+
+
+# ---- template-family-mismatch -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "fix"), [
+    ("v4.9.0", "set template.use_tokenizer_template: true (the GGUF's own template)"),
+    ("v3.7.0", "write template.chat with the ChatML markers")])
+def test_a_go_template_of_another_family_than_the_ggufs_own(version: str, fix: str) -> None:
+    # The tiny GGUF's own template is ChatML; the config's is Llama-2's.
+    found = lint([facts(templates={"chat": "[INST] {{.Input}} [/INST]"},
+                        stopwords=("</s>", "[INST]"))], on(version))
+    w = next(w for w in found if w.code == "template-family-mismatch")
+    assert "Llama-2/Mistral markers ([INST], [/INST])" in w.message
+    assert "uses ChatML markers (<|im_start|>, <|im_end|>)" in w.message and w.hint == fix
+    # The same family, or a GGUF without a template: nothing to compare.
+    same = "<|im_start|>user\n{{.Input}}<|im_end|>\n<|im_start|>assistant\n"
+    assert not [w for w in lint([facts(templates={"chat": same},
+                                       stopwords=("</s>", "<|im_end|>"))], on(version))
+                if w.code == "template-family-mismatch"]
+    assert not [w for w in lint([facts(templates={"chat": "[INST] {{.Input}} [/INST]"},
+                                       gguf=gguf(chat_template=None))], on(version))
+                if w.code == "template-family-mismatch"]
 
 
 # ---- template-ignores-input ---------------------------------------------------------------

@@ -394,3 +394,23 @@ def test_smoke_verdict_cut_off_before_max_tokens() -> None:
 )
 def test_smoke_verdict_clean_answers(content: str, finish: str, used: int | None) -> None:
     assert smoke_verdict(content, finish, used, 32, ["", "</s>"]) is None
+
+
+def test_smoke_verdict_an_answer_that_fills_the_slot_is_cut_off_even_with_stop() -> None:
+    """LocalAI says finish_reason "stop" when the slot's context fills (failure 2)."""
+    w = smoke_verdict("Once upon a", "stop", 500, 1000, [], prompt_tokens=11, budget=511)
+    assert w is not None and "cut off after 500 tokens" in w and "'stop'" in w
+    assert smoke_verdict("Done.", "stop", 20, 1000, [], prompt_tokens=11, budget=511) is None
+    # max_tokens reached: the answer was limited on purpose.
+    assert smoke_verdict("x", "length", 16, 16, [], prompt_tokens=500, budget=511) is None
+
+
+def test_request_budget_splits_unless_the_kv_cache_is_unified() -> None:
+    from supervisor.lint import LintContext, request_budget
+    from supervisor.versions import Version
+
+    assert request_budget(4095, (), LintContext(parallel=8)) == 511
+    assert request_budget(4095, ("parallel:2",), LintContext(parallel=8)) == 2047
+    assert request_budget(4095, (), LintContext(parallel=8,
+                                                engine_version=Version(4, 3, 0))) == 4095
+    assert request_budget(None, (), LintContext()) is None

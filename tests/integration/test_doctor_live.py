@@ -1,0 +1,94 @@
+"""`supervisorctl doctor` end to end: against the real llama-server bench (models whose load
+fails, explained from the router's real log), and offline on the original setup's config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from supervised import BIN, Supervised
+from testbed import http_json
+
+from supervisor.tinygguf import write_tiny_llama
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture
+def broken_models(tmp_path: Path, tiny_models: Path) -> Path:
+    """tiny-a, and two files whose header reads but whose load fails: an architecture
+    llama.cpp does not know, and a tensor of the wrong shape (a damaged file)."""
+    d = tmp_path / "broken-models"
+    d.mkdir()
+    shutil.copy(tiny_models / "tiny-a.gguf", d / "tiny-a.gguf")
+    write_tiny_llama(d / "odd-arch.gguf", name="odd-arch", architecture="nosucharch")
+    write_tiny_llama(d / "damaged.gguf", name="damaged", wrong_shape=True)
+    past = time.time() - 60  # not "still being written"
+    for f in d.iterdir():
+        os.utime(f, (past, past))
+    return d
+
+
+def doctor(sup: Supervised, *args: str) -> tuple[int, dict[str, object]]:
+    out = subprocess.run([str(BIN / "supervisorctl"), "-s", str(sup.socket), "-c",
+                          str(sup.settings_file), "doctor", "--json", *args],
+                         capture_output=True, text=True, timeout=120, check=False)
+    return out.returncode, json.loads(out.stdout)
+
+
+@pytest.mark.parametrize(("model", "code", "line"), [
+    ("odd-arch", "load-unknown-architecture", "unknown model architecture: 'nosucharch'"),
+    ("damaged", "load-bad-file", "has wrong shape")])
+def test_a_model_whose_load_fails_is_explained_from_the_real_log(
+        make_process_supervised, broken_models: Path, model: str, code: str, line: str) -> None:
+    sup = make_process_supervised(
+        {"tiny-a": "tiny-a.gguf", model: f"{model}.gguf"}, models_dir=broken_models,
+        health={"model_probes": True, "model_interval": 1.0}).start()
+    sup.wait_running()
+    status, body = http_json("POST", sup.server_url + "/v1/chat/completions",
+                             {"model": model, "max_tokens": 1,
+                              "messages": [{"role": "user", "content": "hi"}]}, 30)
+    assert status != 200, body
+    sup.wait_for(lambda s: any(m["name"] == model and m["last_error"] for m in s["models"]),
+                 60, f"{model} failing")
+    rc, report = doctor(sup, model)
+    assert rc == 1 and report["live"] is True, report
+    found = [f for f in report["findings"] if f["code"] == code]  # type: ignore[union-attr]
+    assert found, report
+    assert found[0]["symptom"] == "could not load model" and found[0]["model"] == model
+    assert any(line in e for e in found[0]["evidence"]), found[0]
+    # /status counts it, and so does /metrics.
+    st = sup.status()
+    assert st["findings_by_symptom"].get("could not load model", 0) >= 1
+    _, metrics = http_json("GET", f"http://127.0.0.1:{sup.status_port}/metrics", None, 5)
+    assert 'localai_supervisor_findings{symptom="load_fails"}' in str(metrics)
+
+
+def test_doctor_offline_on_the_original_config(tmp_path: Path) -> None:
+    """No daemon: the config and the models dir (tiny GGUFs named like the original's)."""
+    from original import write_original
+
+    config, models = write_original(tmp_path)
+    settings = tmp_path / "s.toml"
+    settings.write_text(f'[supervisor]\nstate_dir = "{tmp_path / "state"}"\n'
+                        f'control_socket = "{tmp_path / "none.sock"}"\n'
+                        f'[server]\nmodel_config_file = "{config}"\nmodels_dir = "{models}"\n'
+                        '[localai]\nversion = "v3.9.0"\n')
+    out = subprocess.run([str(BIN / "supervisorctl"), "-c", str(settings), "doctor"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1, out.stderr
+    assert "checking offline" in out.stderr
+    text = out.stdout
+    assert text.startswith("localai v3.9.0, from setting; offline")
+    assert "== answers cut off" in text and "about 511 tokens per request" in text
+    assert "opens each user turn with '[INST]'" in text
+    assert "ends each turn with '[/INST]'" not in text and "echo" not in text
+    assert "this is a chat_message template" in text and "chat_message: |" in text
+    assert "unknown key 'batch'" in text
