@@ -56,6 +56,9 @@ RULES: Mapping[str, Rule] = {
                                 "use_tokenizer_template on v3.8.0+)"),
     "template-family-mismatch": Rule(Symptom.SPECIAL_TOKENS, "LocalAI with Go templates; "
                                      "the fix (use_tokenizer_template) from v3.8.0"),
+    "trimsuffix-streamed": Rule(Symptom.SPECIAL_TOKENS, "LocalAI, every version (checked "
+                                "at v4.9.0: Finetune runs on the finished answer only)"),
+    "f16-quantised": Rule(Symptom.OTHER, "LocalAI's llama.cpp backend (checked at v4.9.0)"),
     "chat-is-per-message": Rule(Symptom.SPECIAL_TOKENS, "LocalAI, every version"),
     "chat-message-input": Rule(Symptom.SPECIAL_TOKENS, "LocalAI, every version"),
     "template-ignores-input": Rule(Symptom.SPECIAL_TOKENS, "LocalAI, every version"),

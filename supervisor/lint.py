@@ -125,6 +125,8 @@ class ModelFacts:
     options: tuple[str, ...]
     file_size: int | None
     gguf: GGUFInfo | None
+    trimsuffix: tuple[str, ...] = ()
+    f16: bool = False
 
 
 def _option_parallel(options: Sequence[str]) -> int | None:
@@ -380,6 +382,40 @@ def stopwords_snippet(current: Sequence[str], *adding: str) -> str:
     return "stopwords:\n" + "".join(f"- {json.dumps(w)}\n" for w in words)
 
 
+def trimsuffix_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
+    """``trimsuffix`` is applied to the whole answer once generated (core/backend/llm.go
+    Finetune, from ComputeChoices in core/http/endpoints/openai/inference.go); streamed
+    tokens go out as generated, so a streamed answer keeps the suffix."""
+    if ctx.engine is not Engine.LOCALAI:
+        return []
+    missing = [t for t in f.trimsuffix if t.strip() and t not in f.stopwords]
+    if not missing:
+        return []
+    return [Lint(
+        "trimsuffix-streamed", f.name, ("trimsuffix",),
+        f"trimsuffix {', '.join(repr(t) for t in missing)} is cut from answers only when they "
+        "are not streamed: LocalAI trims the finished answer, while a stream sends each token "
+        "as it comes, so streamed answers still end with it",
+        f"also list {', '.join(repr(t) for t in missing)} in stopwords (generation then stops "
+        "there, streamed or not)", snippet=stopwords_snippet(f.stopwords, *missing))]
+
+
+def f16_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
+    """LocalAI passes ``f16`` as F16Memory, which its llama.cpp backend no longer reads
+    (backend/cpp/llama-cpp/grpc-server.cpp, checked at v4.9.0): it changes nothing, and never
+    made a quantised file 16-bit."""
+    quant = f.gguf.quantization if f.gguf else None
+    if ctx.engine is not Engine.LOCALAI or not f.f16 or quant in (None, "F16", "F32", "BF16"):
+        return []
+    return [Lint(
+        "f16-quantised", f.name, ("f16",),
+        f"f16: true with a {quant} file: LocalAI's llama.cpp backend ignores f16 (it does "
+        "not dequantise the weights to 16 bits nor set the KV cache type), so it changes "
+        "neither quality nor memory",
+        "remove f16 (for a 16-bit KV cache LocalAI's options take cache_type_k:f16)",
+        snippet="f16: false\n", evidence=(f"GGUF general.file_type -> {quant}",))]
+
+
 def chat_message_input_line(text: str) -> int | None:
     """The line (1-based, within ``text``) where a ``chat_message`` template first uses
     ``.Input`` in an action; None when it does not. Every LocalAI version renders
@@ -546,7 +582,7 @@ def fit_rule(models: Sequence[ModelFacts], ctx: LintContext) -> list[Lint]:
 
 
 MODEL_RULES = (context_rules, parallel_rule, max_tokens_rule, special_token_rules,
-               template_rules, gpu_layers_rule)
+               template_rules, gpu_layers_rule, trimsuffix_rule, f16_rule)
 
 
 def lint(models: Sequence[ModelFacts], ctx: LintContext) -> list[Lint]:

@@ -567,7 +567,10 @@ def validate(config_file: Path, models_dir: Path, ctx: LintContext | None = None
             max_tokens=entry.parameters.max_tokens, gpu_layers=entry.gpu_layers,
             stopwords=tuple(entry.stopwords or ()), templates=texts,
             use_tokenizer_template=bool(tmpl and tmpl.use_tokenizer_template),
-            options=tuple(entry.options or ()), file_size=size, gguf=ggufs.get(entry.name)))
+            options=tuple(entry.options or ()), file_size=size, gguf=ggufs.get(entry.name),
+            f16=bool(entry.f16),
+            trimsuffix=tuple(str(t) for t in (entry.model_extra or {}).get("trimsuffix") or ()
+                             if isinstance(t, str))))
 
     by_name = {e.name: s for e, s in entries}
     problems += [_locate(w, by_name, config_file) for w in lint(facts, ctx)]

@@ -232,3 +232,28 @@ def test_with_an_api_key_the_probes_send_it_and_clients_need_it(
     env = json.loads((tmp_path / "env0.json").read_text())["env"]
     assert "sk-fake-key" not in json.dumps(env)
     assert "sk-fake-key" not in sup.logs(500)
+
+
+@pytest.mark.parametrize(("version", "level", "code"), [
+    ("v3.9.0", "info", "load-cause-hidden"),     # Canceled; the cause only at debug level
+    ("v3.9.0", "debug", "load-out-of-memory"),   # from LocalAI's own log (GRPC stderr)
+    ("v4.9.0", "info", "load-out-of-memory"),    # from /api/backend-logs
+])
+def test_doctor_decodes_a_failed_load_from_the_backends_output(
+        make: Callable[..., Supervised], version: str, level: str, code: str) -> None:
+    sup = make(version, {"FAKE_LOCALAI_FAIL_LOAD": "tiny-b", "LOCALAI_LOG_LEVEL": level},
+               health={"model_interval": 0.5, "idle_seconds": 0.5, "model_timeout": 5.0,
+                       "model_failure_threshold": 5}).start()
+    sup.wait_running()
+    sup.wait_for(lambda s: any(m["name"] == "tiny-b" and m["last_error"] for m in s["models"]),
+                 40, "tiny-b's failed load seen")
+    out = sup.ctl("doctor", "tiny-b", "--json")
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert report["live"] and report["engine_version"].startswith(version)
+    found = [f for f in report["findings"] if f["code"] == code]
+    assert found and found[0]["symptom"] == "could not load model", report["findings"]
+    if code == "load-out-of-memory":
+        assert any("CUDA0 buffer" in e or "cudaMalloc" in e for e in found[0]["evidence"][1:])
+    else:
+        assert "LOCALAI_LOG_LEVEL=debug" in found[0]["fix"]

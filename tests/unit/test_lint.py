@@ -1011,3 +1011,23 @@ def test_validate_models_do_not_fit_beside_a_busy_one(tmp_path: Path, models: Pa
     (w,) = found
     assert (w.code, w.line, w.field) == ("models-do-not-fit", None, None)
     assert w.message.startswith("models 'a' and 'b' need up to 0.0 GiB together")
+
+
+# ---- trimsuffix-streamed ------------------------------------------------------------------
+
+
+def test_trimsuffix_does_not_reach_streamed_answers() -> None:
+    w = only(lint([facts(trimsuffix=("<|im_end|>",))], LOCALAI))
+    assert (w.code, w.path) == ("trimsuffix-streamed", ("trimsuffix",))
+    assert "only when they are not streamed" in w.message
+    assert w.snippet == 'stopwords:\n- "</s>"\n- "<|im_end|>"\n'
+    assert lint([facts(trimsuffix=("<|im_end|>",), stopwords=("</s>", "<|im_end|>"))],
+                LOCALAI) == []
+    assert lint([facts(trimsuffix=("<|im_end|>",))], LLAMA) == []
+
+
+def test_f16_on_a_quantised_file_changes_nothing() -> None:
+    w = only(lint([facts(f16=True, gguf=gguf(quantization="Q4_K"))], LOCALAI))
+    assert (w.code, w.path) == ("f16-quantised", ("f16",)) and "Q4_K" in w.message
+    assert lint([facts(f16=True)], LOCALAI) == []  # an F16 file
+    assert lint([facts(f16=True, gguf=gguf(quantization="Q4_K"))], LLAMA) == []

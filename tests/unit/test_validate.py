@@ -583,3 +583,10 @@ def test_each_yaml_file_is_parsed_once(config: Path, models: Path,
     result = validate(config, models)
     assert not result.errors, result.errors
     assert len(parsed) == 2  # config.yaml and extra.yaml, one parse each
+
+
+def test_trimsuffix_without_a_stopword_is_located(config: Path, models: Path) -> None:
+    v = check(config, models, CLEAN + '  trimsuffix: ["<|im_end|>"]\n')
+    w = only(v.warnings)
+    assert (w.code, w.field, w.line) == ("trimsuffix-streamed", "a.trimsuffix", 7)
+    assert w.snippet == 'stopwords:\n- "</s>"\n- "<|im_end|>"\n'
