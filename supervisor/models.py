@@ -174,6 +174,7 @@ class ModelsOwner:
         self._gateway_busy = False
         # The engine's version: from the setting until the running server reports its own.
         self._version: Version | None = Version.parse(settings.localai.version)
+        self._version_reported = False
         self._told_busy: frozenset[str] = frozenset()
         self._tasks = TaskSet()
 
@@ -182,6 +183,8 @@ class ModelsOwner:
     def set_settings(self, settings: Settings) -> None:
         self._settings = settings
         self._rules = probe_rules_from(settings)
+        if not self._version_reported:
+            self._version = Version.parse(settings.localai.version)
 
     def configure(self, models: ModelSet, ggufs: Mapping[str, GGUFInfo]) -> None:
         """A new configuration deserves a fresh start for every model, FAILED ones included;
@@ -470,7 +473,8 @@ class ModelsOwner:
 
     def set_engine_version(self, version: Version | None) -> None:
         """The running server reported its version (it decides how a model is restarted)."""
-        self._version = version or self._version
+        if version is not None:
+            self._version, self._version_reported = version, True
 
     def on_restarted(self, msg: ModelRestarted) -> None:
         rec = self._records.get(msg.name)

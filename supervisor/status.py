@@ -278,7 +278,7 @@ def _count_symptoms(config: ConfigStatus, models: list[ModelStatus]) -> dict[Sym
     found += [symptom_of("smoke-special-token" if "special token" in m.output_warning
                          else "smoke-cut-off") for m in models if m.output_warning]
     found += [Symptom.LOAD_FAILS for m in models if m.last_error
-              and m.health in (ModelState.FAILED, ModelState.FAILING)]
+              and m.health in (ModelState.FAILED, ModelState.FAILING, ModelState.COOLDOWN)]
     for symptom in found:
         counts[symptom] = counts.get(symptom, 0) + 1
     return counts

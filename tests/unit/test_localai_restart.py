@@ -229,3 +229,24 @@ async def test_model_logs_without_a_per_model_log_come_from_the_server_log_or_sa
     h.runtime.logs = server_log  # type: ignore[method-assign]
     assert await h.daemon.model_log("tiny-a", 10) == [debug[0]]
     await h.close()
+
+
+async def test_a_version_read_from_the_binary_decides_how_a_hung_model_restarts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting, no /version answer: v4.8.0 from --help is enough to restart it alone."""
+    from supervisor.versions import VersionSource
+
+    monkeypatch.setattr("supervisor.models.PROGRESS_WINDOW_MIN", 0.05)
+    base = make_settings(tmp_path, model_probes=True, model_interval=1.0, model_timeout=0.01,
+                         model_failure_threshold=2)
+    h = Harness(tmp_path, base.model_copy(update={
+        "server": base.server.model_copy(update={"engine": Engine.LOCALAI})}),
+        program_version=("v4.8.0", VersionSource.PROGRAM))
+    h.prober.resident = ["tiny-a"]
+    h.prober.answers["/backend/shutdown"] = (200, '{"message":"model stopped"}')
+    await h.start()
+    await h.running()
+    h.prober.probes_time_out = True
+    await tick_until_shutdown(h)
+    assert h.runtime.launched == ["t1"]
+    await h.close()
