@@ -686,7 +686,12 @@ class Daemon:
         spec never changes because the version was learnt later."""
         if self._engine.kind is not Engine.LOCALAI or self.settings.localai.version:
             return
-        found = await asyncio.to_thread(self._versioner, self.settings)
+        try:
+            found = await asyncio.to_thread(self._versioner, self.settings)
+        except Exception as exc:  # optional knowledge: never a reason not to start
+            log.warning("engine.version_unreadable", error=f"{type(exc).__name__}: {exc}",
+                        action="starting with the environment every version accepts")
+            found = None
         version = Version.parse(found[0]) if found else None
         if found is None or version is None:
             log.info("engine.version", version=None, reported=found[0] if found else None,

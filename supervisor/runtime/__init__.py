@@ -80,8 +80,10 @@ def program_version(settings: Settings) -> tuple[str, VersionSource] | None:
         try:
             client = (docker.DockerClient(base_url=settings.docker.host, timeout=10)
                       if settings.docker.host else docker.from_env(timeout=10))
-            with client:
+            try:
                 labels = client.images.get(settings.docker.image).labels or {}
+            finally:
+                client.close()
         except (docker.errors.DockerException, requests.RequestException, OSError):
             return None
         raw = labels.get(IMAGE_VERSION_LABEL)

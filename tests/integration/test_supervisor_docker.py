@@ -313,3 +313,31 @@ def test_a_model_with_mmlock_gets_unlimited_locked_memory_or_says_why_not(
                       and s["state"] == "RUNNING", what="restart without mmlock")
     again = dockerd.client().api.inspect_container(st["instance"]["id"])
     assert not again["HostConfig"].get("Ulimits")
+
+
+def test_the_localai_version_is_read_from_the_image_label(dockerd: Dockerd,
+                                                          llama_image: str) -> None:
+    """LocalAI's release images carry docker/metadata-action's version label: read before
+    the first start (no container is run for it)."""
+    from supervisor.runtime import program_version
+    from supervisor.settings import DockerSection, Engine, RuntimeKind, ServerSection, Settings
+    from supervisor.versions import VersionSource
+
+    client = dockerd.client()
+    made = client.containers.create(llama_image, command=["--version"])
+    try:
+        made.commit(repository="lsv-test-labelled", tag="v1", changes=[
+            "LABEL org.opencontainers.image.version=v4.9.0-gpu-nvidia-cuda-12"])
+    finally:
+        made.remove()
+
+    def version_of(image: str) -> tuple[str, VersionSource] | None:
+        return program_version(Settings(
+            server=ServerSection(runtime=RuntimeKind.DOCKER, engine=Engine.LOCALAI),
+            docker=DockerSection(host=dockerd.host, image=image)))
+
+    assert version_of("lsv-test-labelled:v1") == ("v4.9.0-gpu-nvidia-cuda-12",
+                                                  VersionSource.IMAGE_LABEL)
+    assert version_of(llama_image) is None  # no label
+    assert version_of("no-such-image:x") is None
+    client.images.remove("lsv-test-labelled:v1")

@@ -250,3 +250,18 @@ async def test_a_version_read_from_the_binary_decides_how_a_hung_model_restarts(
     await tick_until_shutdown(h)
     assert h.runtime.launched == ["t1"]
     await h.close()
+
+
+async def test_a_version_read_that_raises_does_not_stop_the_start(tmp_path: Path) -> None:
+    base = make_settings(tmp_path)
+    h = Harness(tmp_path, base.model_copy(update={
+        "server": base.server.model_copy(update={"engine": Engine.LOCALAI})}))
+
+    def broken(_: object) -> None:
+        raise TypeError("a docker-py surprise")
+
+    h.daemon._versioner = broken  # type: ignore[assignment]
+    await h.start()
+    await h.running()
+    assert "LOCALAI_SINGLE_ACTIVE_BACKEND" in dict(h.runtime.specs[0].env)
+    await h.close()
