@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 import resource
-import subprocess
+from dataclasses import replace
 
 from . import doctor, gpumem
-from .lint import context_for
+from .lint import context_for, footprint_bytes
 from .modelconfig import validate
-from .runtime import program_version
+from .runtime import program_for, program_says, program_version
 from .settings import Engine, RuntimeKind, Settings
 from .versions import Version, VersionSource
 
@@ -38,15 +38,15 @@ def offline_findings(settings: Settings, version: Version | None,
     gpu, source = gpu_memory(settings)
     ctx = context_for(settings, version)
     if ctx.gpu_memory_bytes is None and gpu is not None:
-        from dataclasses import replace
-
         ctx = replace(ctx, gpu_memory_bytes=gpu)
     v = validate(srv.model_config_file, srv.models_dir, ctx)
     found = doctor.from_problems(v.problems)
     if v.models is not None:
         sizes = {f.name: f.size for f in v.models.files}
-        fits = doctor.fits((e.name, sizes.get(e.name), e.context_size, v.ggufs.get(e.name),
-                            bool(e.mmlock), e.mmap) for e in v.models.entries)
+        fits = [doctor.ModelFit(e.name, sizes.get(e.name), e.context_size,
+                                footprint_bytes(sizes.get(e.name), e.context_size,
+                                                v.ggufs.get(e.name)), bool(e.mmlock), e.mmap)
+                for e in v.models.entries]
         host = doctor.HostFacts(
             engine=srv.engine, process_runtime=srv.runtime is RuntimeKind.PROCESS,
             single_active_backend=srv.single_active_backend, gateway=settings.gateway.enabled,
@@ -75,16 +75,10 @@ def offline_version(settings: Settings) -> tuple[str, str] | None:
     if settings.server.runtime is not RuntimeKind.PROCESS:
         return None
     from .engines import engine_for
-    from .runtime import program_for
 
-    try:
-        done = subprocess.run([program_for(settings, engine_for(Engine.LLAMA_SERVER)),
-                               "--version"], capture_output=True, text=True, timeout=10,
-                              check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = _LLAMA_VERSION.search(done.stdout + done.stderr)
-    return (match.group(1).strip(), VersionSource.PROGRAM.value) if match else None
+    said = program_says([program_for(settings, engine_for(Engine.LLAMA_SERVER)), "--version"],
+                        _LLAMA_VERSION)
+    return (said, VersionSource.PROGRAM.value) if said else None
 
 
 def offline_report(settings: Settings, model: str | None = None) -> doctor.DoctorReport:

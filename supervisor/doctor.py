@@ -17,7 +17,6 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from .findings import Problem, Severity
-from .lint import footprint_bytes
 from .settings import Engine
 
 GIB = 1024**3
@@ -226,18 +225,6 @@ def host_rules(models: Sequence[ModelFit], host: HostFacts) -> list[DoctorFindin
     return out
 
 
-def fits(entries: Iterable[tuple[str, int | None, int | None, object, bool, bool | None]]
-         ) -> list[ModelFit]:
-    """ModelFit for (name, file size, context_size, GGUF info, mmlock, mmap) tuples."""
-    from .ggufinfo import GGUFInfo
-
-    out = []
-    for name, size, ctx, gguf, mmlock, mmap in entries:
-        info = gguf if isinstance(gguf, GGUFInfo) else None
-        out.append(ModelFit(name, size, ctx, footprint_bytes(size, ctx, info), mmlock, mmap))
-    return out
-
-
 # Load failures, read from the backend's own output: (code, pattern, message, fix, snippet).
 _LOAD_RULES: tuple[tuple[str, re.Pattern[str], str, str, str | None], ...] = (
     ("load-unknown-architecture", re.compile(r"unknown model architecture: '([^']+)'"),
@@ -306,13 +293,17 @@ def from_load_log(model: str, error: str | None, lines: Sequence[str],
     return None
 
 
+def smoke_code(warning: str) -> str:
+    """The rule a smoke check verdict (modelhealth.smoke_verdict) falls under."""
+    return "smoke-special-token" if "special token" in warning else "smoke-cut-off"
+
+
 def smoke_findings(model: str, warning: str | None) -> list[DoctorFinding]:
     """What the output smoke check saw on the live server."""
     if not warning:
         return []
-    code = "smoke-special-token" if "special token" in warning else "smoke-cut-off"
-    return [_finding(code, model, f"{model}: {warning}", [f"smoke check answer: {warning}"],
-                     warning.split(": ", 1)[-1])]
+    return [_finding(smoke_code(warning), model, f"{model}: {warning}",
+                     [f"smoke check answer: {warning}"], warning.split(": ", 1)[-1])]
 
 
 def render(report: DoctorReport) -> str:

@@ -151,10 +151,15 @@ def localai_slots(options: Sequence[str], parallel: int, version: Version | None
     return max(1, parallel)
 
 
-def _slots(facts: ModelFacts, ctx: LintContext) -> int:
+def _slots(options: Sequence[str], ctx: LintContext) -> int:
     if ctx.engine is Engine.LOCALAI:
-        return localai_slots(facts.options, ctx.parallel, ctx.engine_version)
-    return max(1, _option_parallel(facts.options) or 1)
+        return localai_slots(options, ctx.parallel, ctx.engine_version)
+    return max(1, _option_parallel(options) or 1)
+
+
+def _request_slots(options: Sequence[str], ctx: LintContext) -> int:
+    """How many ways context_size is split: the slots, or 1 with a unified KV cache."""
+    return 1 if _kv_unified(options, ctx) else _slots(options, ctx)
 
 
 def _context_size_unset(f: ModelFacts, ctx: LintContext) -> Lint:
@@ -201,7 +206,7 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
             "output degrades past it", f"set context_size to at most {trained}"))
     if _option(f.options, "context_shift") == "true":
         return out  # the backend drops old tokens instead of stopping: no cut-off
-    slots = 1 if _kv_unified(f, ctx) else _slots(f, ctx)
+    slots = _request_slots(f.options, ctx)
     per_slot = f.context_size // slots
     need = max(MIN_SLOT_CONTEXT, (f.max_tokens or 0) + PROMPT_ALLOWANCE)
     if per_slot < need:
@@ -233,8 +238,7 @@ def request_budget(context_size: int | None, options: Sequence[str],
     of it with a unified KV cache; None when context_size is unset."""
     if context_size is None:
         return None
-    facts = ModelFacts("", context_size, None, None, (), {}, False, tuple(options), None, None)
-    return context_size // (1 if _kv_unified(facts, ctx) else _slots(facts, ctx))
+    return context_size // _request_slots(options, ctx)
 
 
 def _option(options: Sequence[str], name: str) -> str | None:
@@ -247,10 +251,10 @@ def _option(options: Sequence[str], name: str) -> str | None:
     return found
 
 
-def _kv_unified(f: ModelFacts, ctx: LintContext) -> bool:
+def _kv_unified(options: Sequence[str], ctx: LintContext) -> bool:
     """All slots share one KV cache: LocalAI's default from v4.3.0 (``kv_unified:false``
     turns it off); llama-server only with ``kv_unified:true``. Unknown version: split."""
-    wanted = _option(f.options, "kv_unified")
+    wanted = _option(options, "kv_unified")
     if ctx.engine is Engine.LOCALAI:
         return wanted != "false" and at_least(ctx.engine_version, 4, 3, 0, unknown=False)
     return wanted == "true"

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .classify import Cause
-from .doctor import Symptom, symptom_of
+from .doctor import Symptom, smoke_code, symptom_of
 from .modelhealth import ModelState
 from .policy import State
 from .scheduler import Phase, Refusal
@@ -275,8 +275,7 @@ class Status(_Model):
 def _count_symptoms(config: ConfigStatus, models: list[ModelStatus]) -> dict[Symptom, int]:
     counts: dict[Symptom, int] = {}
     found = [w.symptom for w in config.warnings]
-    found += [symptom_of("smoke-special-token" if "special token" in m.output_warning
-                         else "smoke-cut-off") for m in models if m.output_warning]
+    found += [symptom_of(smoke_code(m.output_warning)) for m in models if m.output_warning]
     found += [Symptom.LOAD_FAILS for m in models if m.last_error
               and m.health in (ModelState.FAILED, ModelState.FAILING, ModelState.COOLDOWN)]
     for symptom in found:

@@ -35,6 +35,7 @@ __all__ = [
     "RuntimeEvent",
     "make_runtime",
     "program_for",
+    "program_says",
     "program_version",
 ]
 
@@ -73,13 +74,13 @@ def program_version(settings: Settings) -> tuple[str, VersionSource] | None:
     ``--help``. None when neither says (a locally built image, no binary yet)."""
     if settings.server.runtime is RuntimeKind.DOCKER:
         _import_requests_without_charset_detection()
-        import docker
         import docker.errors
         import requests
 
+        from .docker import client_for
+
         try:
-            client = (docker.DockerClient(base_url=settings.docker.host, timeout=10)
-                      if settings.docker.host else docker.from_env(timeout=10))
+            client = client_for(settings.docker.host, 10)
             try:
                 labels = client.images.get(settings.docker.image).labels or {}
             finally:
@@ -89,13 +90,20 @@ def program_version(settings: Settings) -> tuple[str, VersionSource] | None:
         raw = labels.get(IMAGE_VERSION_LABEL)
         return (str(raw), VersionSource.IMAGE_LABEL) if raw else None
     program = str(settings.process.binary) if settings.process.binary else "local-ai"
+    found = program_says([program, "--help"], _HELP_VERSION)
+    return (found, VersionSource.PROGRAM) if found else None
+
+
+def program_says(argv: list[str], pattern: re.Pattern[str]) -> str | None:
+    """Blocking: the first group of ``pattern`` in what ``argv`` prints (None: it does not
+    run, or does not say)."""
     try:
-        done = subprocess.run([program, "--help"], capture_output=True, text=True,
-                              timeout=_HELP_TIMEOUT, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=_HELP_TIMEOUT,
+                              check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    match = _HELP_VERSION.search(done.stdout + done.stderr)
-    return (match.group(1), VersionSource.PROGRAM) if match else None
+    match = pattern.search(done.stdout + done.stderr)
+    return match.group(1).strip() if match else None
 
 
 def _import_requests_without_charset_detection() -> None:

@@ -96,6 +96,13 @@ def device_requests(gpus: str) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
 
 
+def client_for(host: str | None, timeout: float) -> docker.DockerClient:
+    """A client of ``docker.host``, else of the environment's engine (DOCKER_HOST)."""
+    if host:
+        return docker.DockerClient(base_url=host, timeout=timeout)
+    return docker.from_env(timeout=timeout)
+
+
 def container_kwargs(spec: ServerSpec, name: str) -> dict[str, Any]:
     """Pure: the create() arguments for a spec (unit-tested without Docker)."""
     return {
@@ -151,9 +158,7 @@ class DockerRuntime:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _new_client(self) -> docker.DockerClient:
-        if self._base_url:
-            return docker.DockerClient(base_url=self._base_url, timeout=60)
-        return docker.from_env(timeout=60)
+        return client_for(self._base_url, 60)
 
     def _api(self) -> docker.DockerClient:
         if self._client is None:

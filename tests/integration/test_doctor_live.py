@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from original import write_original
 from supervised import BIN, Supervised
 from testbed import http_json
 
@@ -73,8 +74,6 @@ def test_a_model_whose_load_fails_is_explained_from_the_real_log(
 
 def test_doctor_offline_on_the_original_config(tmp_path: Path) -> None:
     """No daemon: the config and the models dir (tiny GGUFs named like the original's)."""
-    from original import write_original
-
     config, models = write_original(tmp_path)
     settings = tmp_path / "s.toml"
     settings.write_text(f'[supervisor]\nstate_dir = "{tmp_path / "state"}"\n'
@@ -92,3 +91,24 @@ def test_doctor_offline_on_the_original_config(tmp_path: Path) -> None:
     assert "ends each turn with '[/INST]'" not in text and "echo" not in text
     assert "this is a chat_message template" in text and "chat_message: |" in text
     assert "unknown key 'batch'" in text
+
+
+def test_doctor_offline_names_the_llama_server_build(tmp_path: Path,
+                                                    llama_server_dir: Path) -> None:
+    """No daemon, llama-server engine, process runtime: the version is what the binary's
+    --version prints."""
+    config, models = write_original(tmp_path)
+    settings = tmp_path / "s.toml"
+    settings.write_text(f'[supervisor]\nstate_dir = "{tmp_path / "state"}"\n'
+                        f'control_socket = "{tmp_path / "none.sock"}"\n'
+                        f'[server]\nengine = "llama-server"\nruntime = "process"\n'
+                        f'model_config_file = "{config}"\nmodels_dir = "{models}"\n'
+                        f'[process]\nbinary = "{llama_server_dir / "llama-server"}"\n')
+    out = subprocess.run([str(BIN / "supervisorctl"), "-c", str(settings), "doctor",
+                          "--offline", "--json"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    report = json.loads(out.stdout)
+    said = subprocess.run([str(llama_server_dir / "llama-server"), "--version"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert report["engine"] == "llama-server" and report["version_source"] == "program"
+    assert f"version: {report['engine_version']}" in said.stdout + said.stderr

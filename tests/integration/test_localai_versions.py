@@ -164,6 +164,10 @@ def test_with_no_version_set_the_binarys_own_version_chooses_the_environment(
     assert st["engine_version"]["version"] == "v4.1.0"
     assert st["engine_version"]["source"] in ("program", "server")
     assert '"source": "program"' in sup.logs(300)
+    # A settings reload (whose file names no version) keeps it: nothing to restart.
+    out = sup.ctl("reload")
+    assert out.returncode == 0 and "unchanged" in out.stdout, (out.stdout, out.stderr)
+    assert sup.status()["restarts"] == 0
 
 
 @pytest.mark.parametrize("level", ("info", "debug"))

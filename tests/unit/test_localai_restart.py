@@ -15,6 +15,7 @@ from supervisor.engines.base import RestartAnswer
 from supervisor.engines.llamaserver import LlamaServerEngine
 from supervisor.engines.localai import LocalAIEngine
 from supervisor.settings import Engine
+from supervisor.versions import VersionSource
 
 BUSY = '{"error":{"code":500,"message":"model is still busy: tiny-a: context deadline exceeded"}}'
 
@@ -111,8 +112,8 @@ def test_from_v4_8_a_model_restart_is_forced_after_localais_own_30s_wait() -> No
         "LOCALAI_FORCE_BACKEND_SHUTDOWN"] == "false"
 
 
-def hung_localai(tmp_path: Path, version: str | None,
-                 monkeypatch: pytest.MonkeyPatch) -> Harness:
+def hung_localai(tmp_path: Path, version: str | None, monkeypatch: pytest.MonkeyPatch,
+                 program_version: tuple[str, VersionSource] | None = None) -> Harness:
     """Model probes every second; a probe with no answer waits 0.05 s (real time) for the
     model's work counter to move before it counts as hung."""
     monkeypatch.setattr("supervisor.models.PROGRESS_WINDOW_MIN", 0.05)
@@ -120,7 +121,8 @@ def hung_localai(tmp_path: Path, version: str | None,
                          model_failure_threshold=2)
     return Harness(tmp_path, base.model_copy(update={
         "server": base.server.model_copy(update={"engine": Engine.LOCALAI}),
-        "localai": base.localai.model_copy(update={"version": version})}))
+        "localai": base.localai.model_copy(update={"version": version})}),
+        program_version=program_version)
 
 
 async def tick_until_shutdown(h: Harness) -> None:
@@ -179,8 +181,6 @@ async def test_a_model_failing_fast_before_v4_8_is_still_restarted_alone(
 
 async def test_the_version_of_the_binary_chooses_the_environment_before_the_first_start(
         tmp_path: Path) -> None:
-    from supervisor.versions import VersionSource
-
     base = make_settings(tmp_path)
     settings = base.model_copy(update={
         "server": base.server.model_copy(update={"engine": Engine.LOCALAI})})
@@ -234,14 +234,7 @@ async def test_model_logs_without_a_per_model_log_come_from_the_server_log_or_sa
 async def test_a_version_read_from_the_binary_decides_how_a_hung_model_restarts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No setting, no /version answer: v4.8.0 from --help is enough to restart it alone."""
-    from supervisor.versions import VersionSource
-
-    monkeypatch.setattr("supervisor.models.PROGRESS_WINDOW_MIN", 0.05)
-    base = make_settings(tmp_path, model_probes=True, model_interval=1.0, model_timeout=0.01,
-                         model_failure_threshold=2)
-    h = Harness(tmp_path, base.model_copy(update={
-        "server": base.server.model_copy(update={"engine": Engine.LOCALAI})}),
-        program_version=("v4.8.0", VersionSource.PROGRAM))
+    h = hung_localai(tmp_path, None, monkeypatch, ("v4.8.0", VersionSource.PROGRAM))
     h.prober.resident = ["tiny-a"]
     h.prober.answers["/backend/shutdown"] = (200, '{"message":"model stopped"}')
     await h.start()
