@@ -152,9 +152,12 @@ async def test_a_hung_model_before_v4_8_restarts_the_server_not_the_model(
     await h.close()
 
 
+@pytest.mark.parametrize("learnt", ["setting", "program"])
 async def test_a_hung_model_from_v4_8_is_restarted_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    h = hung_localai(tmp_path, "v4.8.0", monkeypatch)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, learnt: str) -> None:
+    """v4.8.0 from the setting, or (no setting, no /version answer yet) from --help."""
+    h = (hung_localai(tmp_path, "v4.8.0", monkeypatch) if learnt == "setting" else
+         hung_localai(tmp_path, None, monkeypatch, ("v4.8.0", VersionSource.PROGRAM)))
     h.prober.resident = ["tiny-a"]
     h.prober.answers["/backend/shutdown"] = (200, '{"message":"model stopped"}')
     await h.start()
@@ -228,20 +231,6 @@ async def test_model_logs_without_a_per_model_log_come_from_the_server_log_or_sa
 
     h.runtime.logs = server_log  # type: ignore[method-assign]
     assert await h.daemon.model_log("tiny-a", 10) == [debug[0]]
-    await h.close()
-
-
-async def test_a_version_read_from_the_binary_decides_how_a_hung_model_restarts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No setting, no /version answer: v4.8.0 from --help is enough to restart it alone."""
-    h = hung_localai(tmp_path, None, monkeypatch, ("v4.8.0", VersionSource.PROGRAM))
-    h.prober.resident = ["tiny-a"]
-    h.prober.answers["/backend/shutdown"] = (200, '{"message":"model stopped"}')
-    await h.start()
-    await h.running()
-    h.prober.probes_time_out = True
-    await tick_until_shutdown(h)
-    assert h.runtime.launched == ["t1"]
     await h.close()
 
 
