@@ -21,6 +21,12 @@ then it only finishes what it has, and the next model gets its turn.
 
 Requests that name no configured model (``GET /v1/models``, the UI, an unknown model name) take
 no part in swapping: they pass whenever the server serves, and wait only while it does not.
+
+Closing (the supervisor itself stops): what was already received for a resident model is still
+served, during the drain too, as slots free up; what would need a swap, what comes once the
+drain is over (sealed) and what waits when the server goes away is refused
+``supervisor-stopping``, so its client asks the next daemon. The listener is closed first, so
+what can still arrive is bounded by the connections already open.
 """
 
 from __future__ import annotations
@@ -126,7 +132,8 @@ class Drain:
 
 @dataclass(frozen=True)
 class Close:
-    """The supervisor is stopping: refuse what waits and what comes; in flight finishes."""
+    """The supervisor is stopping: serve what was received for a resident model, swap nothing,
+    refuse the rest (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,8 @@ class Scheduler:
         self._swap_began: dict[str, float] = {}
         self._draining = False
         self._closed = False
+        # Closing and drained: nothing more is admitted.
+        self._sealed = False
 
     # -- views (for status and tests; nobody outside decides from them) ---------------------
 
@@ -259,27 +268,30 @@ class Scheduler:
                 self._unloading = None
         elif isinstance(event, Drain):
             self._draining = True
-            if self.phase is Phase.OPEN:
+            if self.phase is Phase.OPEN and not self._closed:
                 self.phase = Phase.HELD
         elif isinstance(event, Configure):
             self.rules = event.rules
         elif isinstance(event, Close):
             self._closed = True
-            for w in list(self._waiting.values()):
-                self._remove_waiting(w.rid)
-                out.append(Refuse(w.rid, w.model, Refusal.SUPERVISOR_STOPPING, now - w.arrived))
         self._expire(now, out)
-        self._dispatch(now, out)
-        if self._draining and not self._admitted:
+        if self._closed:
+            self._dispatch_closing(now, out)
+        else:
+            self._dispatch(now, out)
+        if self._draining and not self._admitted and not (self._closed and self._waiting):
             self._draining = False
+            self._sealed = self._closed
             out.append(Drained())
+        if self._closed:
+            self._refuse_unservable(now, out)
         return out
 
     # -- handlers --------------------------------------------------------------------------
 
     def _arrive(self, ev: Arrive, now: float, out: list[Action]) -> None:
         model = ev.model if ev.model in self.rules.models else None
-        if self._closed:
+        if self._closed and not self._servable_while_closing(model):
             out.append(Refuse(ev.rid, model, Refusal.SUPERVISOR_STOPPING, now - ev.arrived))
             return
         if self.phase is Phase.DOWN:
@@ -317,10 +329,21 @@ class Scheduler:
             self._unloading = None
         if ev.phase is Phase.OPEN:
             self._draining = False
-        if ev.phase is Phase.DOWN:
+        if ev.phase is Phase.DOWN and not self._closed:  # closing: refused as stopping
             for w in list(self._waiting.values()):
                 self._remove_waiting(w.rid)
                 out.append(Refuse(w.rid, w.model, Refusal.SERVER_DOWN, now - w.arrived))
+
+    def _servable_while_closing(self, model: str | None) -> bool:
+        """Closing: can this daemon still serve it without a swap before it goes?"""
+        return not self._sealed and self.phase is not Phase.DOWN and (
+            model is None or model in self.resident)
+
+    def _refuse_unservable(self, now: float, out: list[Action]) -> None:
+        for w in list(self._waiting.values()):
+            if not self._servable_while_closing(w.model):
+                self._remove_waiting(w.rid)
+                out.append(Refuse(w.rid, w.model, Refusal.SUPERVISOR_STOPPING, now - w.arrived))
 
     def _expire(self, now: float, out: list[Action]) -> None:
         limit = self.rules.queue_timeout
@@ -387,6 +410,20 @@ class Scheduler:
             if self._fits(model, keep):
                 return tuple(chosen)
         return None
+
+    def _dispatch_closing(self, now: float, out: list[Action]) -> None:
+        """Closing: admit waiting requests for resident models as their slots free up, while
+        the server serves or is being drained; no swaps."""
+        if self._sealed or not (self.phase is Phase.OPEN or self._draining):
+            return
+        for model in list(self._queues):
+            queue = self._queues[model]
+            if model is None:
+                while queue:
+                    self._admit(queue[0], now, out)
+            elif model in self.resident:
+                while queue and self.in_flight[model] < self._slots(model):
+                    self._admit(queue[0], now, out)
 
     def _dispatch(self, now: float, out: list[Action]) -> None:
         if self.phase is not Phase.OPEN:

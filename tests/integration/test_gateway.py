@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -387,6 +388,46 @@ async def test_a_supervisor_restart_refuses_no_connection_with_socket_activation
         assert retried <= 6  # once or twice per client
     finally:
         listener.close()
+
+
+async def test_a_stopping_supervisor_serves_what_it_had_received_and_refuses_a_swap(
+        gateway_sup: Callable[..., Supervised]) -> None:
+    """SIGTERM with one request generating and another for the same model waiting for the only
+    slot (parallel 1): both are answered 200 before the server stops, the waiting one during
+    the drain, not refused (systemd's socket-activated restart hit exactly this race: a
+    request the old daemon had read got 503). A request that would need a model swap is
+    refused at once with 503 supervisor-stopping, Retry-After: 1, so its client asks the
+    next daemon."""
+    sup = gateway_sup(parallel=1)
+
+    def queued(s: dict[str, Any]) -> dict[str, int]:
+        return {m["model"]: m["queued"] for m in s["gateway"]["models"]}
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        first = asyncio.create_task(stream_chat(http, sup.gateway_url, "tiny-a", 3000))
+        await asyncio.to_thread(sup.wait_for, lambda s: any(
+            m["in_flight"] for m in s["gateway"]["models"]), 10, "tiny-a in flight")
+
+        async def ask(model: str) -> tuple[int, str, dict[str, Any]]:
+            async with http.post(sup.gateway_url + "/v1/chat/completions",
+                                 json=chat_body(model, 4)) as resp:
+                return resp.status, resp.headers.get("Retry-After", ""), await resp.json()
+
+        second = asyncio.create_task(ask("tiny-a"))
+        swap = asyncio.create_task(ask("tiny-b"))
+        await asyncio.to_thread(sup.wait_for, lambda s: queued(s).get("tiny-a") == 1
+                                and queued(s).get("tiny-b") == 1, 10, "both waiting")
+        assert sup.proc is not None
+        sup.proc.send_signal(signal.SIGTERM)
+        status, retry, body = await swap
+        assert (status, retry, body["error"]["code"]) == (503, "1", "supervisor-stopping")
+        assert not first.done()  # refused at once, while tiny-a still generates
+        assert await first == (200, mock.ANY, True)
+        status, _, body = await second
+        assert status == 200 and body["choices"], body
+    assert await asyncio.to_thread(sup.proc.wait, 60) == 0
+    refusals = [line for line in sup.logs(400).splitlines() if "gateway.refused" in line]
+    assert len(refusals) == 1 and "supervisor-stopping" in refusals[0], refusals
 
 
 async def test_several_resident_models_fit_the_memory_budget_evicting_the_least_recent(

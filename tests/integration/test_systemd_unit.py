@@ -11,6 +11,7 @@ and so that the test reaches the gateway and the status API at 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -397,28 +398,54 @@ def test_an_invalid_config_fails_the_start_with_the_error_in_the_journal_and_no_
 
 
 def test_with_the_socket_unit_a_restart_refuses_no_connection(installed: Installed) -> None:
+    """Three clients in a loop through `systemctl restart`: no connection is refused and every
+    request is answered 200. A client asks again, as the OpenAI SDK does by default, only when
+    the README says it may have to: a 503 supervisor-stopping (Retry-After: 1) or a connection
+    closed before any answer (the old daemon closing one it had just accepted); never for a
+    refused connection. Such retries are counted and must stay rare."""
     box = installed.box
     installed.reset()
     # As the README's install step does (reset() disables them again).
     box.systemctl("enable", "--now", SOCKET_UNIT, UNIT)
     installed.chat()
     results: list[str] = []
+    retried: list[str] = []
     stop = threading.Event()
+
+    def ask(url: str, body: bytes) -> str | None:
+        """The final outcome, or None when the client should ask again."""
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=90) as resp:
+                return str(resp.status)
+        except urllib.error.HTTPError as err:
+            if err.code == 503 and b"supervisor-stopping" in err.read() \
+                    and err.headers.get("Retry-After") == "1":
+                retried.append("503 supervisor-stopping")
+                return None
+            return str(err.code)
+        except ConnectionRefusedError as err:
+            return f"refused: {err}"  # what socket activation must prevent
+        except (http.client.RemoteDisconnected, ConnectionResetError) as err:
+            retried.append(type(err).__name__)
+            return None
+        except OSError as err:
+            return f"{type(err).__name__}: {err}"
 
     def client() -> None:
         url = f"http://127.0.0.1:{installed.gateway_port}/v1/chat/completions"
         body = b'{"model": "tiny-a", "max_tokens": 2, "messages": [{"role": "user", ' \
                b'"content": "hi"}]}'
         while not stop.is_set():
-            req = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=90) as resp:
-                    results.append(str(resp.status))
-            except urllib.error.HTTPError as err:
-                results.append(str(err.code))
-            except OSError as err:
-                results.append(f"{type(err).__name__}: {err}")
+            for _attempt in range(3):
+                outcome = ask(url, body)
+                if outcome is not None:
+                    results.append(outcome)
+                    break
+                time.sleep(0.1)
+            else:
+                results.append("3 attempts")
             time.sleep(0.05)
 
     threads = [threading.Thread(target=client) for _ in range(3)]
@@ -432,7 +459,9 @@ def test_with_the_socket_unit_a_restart_refuses_no_connection(installed: Install
         stop.set()
         for t in threads:
             t.join(120)
+    print(f"{len(results)} requests, asked again: {retried}")
     assert results and set(results) == {"200"}, sorted(set(results))
+    assert len(retried) <= 3, retried  # at most about once per client
     assert int(box.systemctl("show", "-p", "NRestarts", "--value", UNIT).stdout) == 0
 
 

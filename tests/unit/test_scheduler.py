@@ -12,6 +12,7 @@ from supervisor.scheduler import (
     Action,
     Admit,
     Arrive,
+    Close,
     Configure,
     Drain,
     Drained,
@@ -274,6 +275,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("phase"), st.sampled_from(list(Phase))),
     st.tuples(st.just("wait"), st.floats(0.1, 90)),
     st.tuples(st.just("drain"), st.just(0)),
+    st.tuples(st.just("close"), st.just(0)),
 ), max_size=80)
 
 
@@ -291,19 +293,27 @@ def test_no_request_is_admitted_beside_a_model_that_does_not_fit_and_none_waits_
     live: dict[int, tuple[str | None, int]] = {}  # admitted, not finished: model, instance
     arrived: dict[int, float] = {}
     outcome: dict[int, str] = {}
+    # The supervisor is stopping; and then the drain it asked for has ended.
+    closed = draining = sealed = False
 
     def record(out: list[Action]) -> None:
+        nonlocal sealed
         for a in out:
             if isinstance(a, Admit):
                 assert a.rid not in outcome
-                assert b.sched.phase is Phase.OPEN
+                # Closing, what was received is served through the drain too; sealed, nothing.
+                assert b.sched.phase is Phase.OPEN or (closed and draining)
+                assert not sealed
                 outcome[a.rid] = "admitted"
                 live[a.rid] = (a.model, instance)
             elif isinstance(a, Refuse):
                 assert a.rid not in outcome
                 outcome[a.rid] = "refused"
                 assert b.now - arrived[a.rid] <= rules.queue_timeout + 1e-9
+            elif isinstance(a, Drained):
+                sealed = sealed or closed
             elif isinstance(a, Unload):
+                assert not closed  # no swap for a daemon that is going away
                 for m in a.models:  # never unload a model with requests in flight
                     assert not any(lm == m and li == instance for lm, li in live.values())
         due = b.sched.next_deadline(b.now)
@@ -344,7 +354,11 @@ def test_no_request_is_admitted_beside_a_model_that_does_not_fit_and_none_waits_
             b.now = min(b.now + float(arg), due if due is not None else b.now + 99)  # type: ignore[arg-type]
             record(b.feed(Tick()))
         elif op == "drain":
+            draining = True
             record(b.feed(Drain()))
+        elif op == "close":
+            closed = True
+            record(b.feed(Close()))
     # Then the server serves and requests finish: every request gets an outcome, each within
     # its deadline (checked in record).
     if b.sched.phase is not Phase.OPEN:
@@ -365,15 +379,47 @@ def test_no_request_is_admitted_beside_a_model_that_does_not_fit_and_none_waits_
     assert set(outcome) == set(arrived)
 
 
-def test_a_stopping_supervisor_refuses_what_waits_and_what_comes_but_finishes_in_flight() -> None:
-    from supervisor.scheduler import Close
+def refused(out: list[Action]) -> list[tuple[int, Refusal]]:
+    return [(x.rid, x.why) for x in out if isinstance(x, Refuse)]
 
+
+def test_a_stopping_supervisor_serves_what_it_received_for_the_loaded_model_and_no_swap() -> None:
+    """Closing: requests already received for the resident model are served as slots free up,
+    through the drain; what needs a swap is refused at once; once drained, nothing more."""
     b = Bench()
-    a1 = b.arrive("a")
+    a1, a2, a3 = b.arrive("a"), b.arrive("a"), b.arrive("a")
     b1 = b.arrive("b")
-    out = b.feed(Close())
-    assert [(x.rid, x.why) for x in out if isinstance(x, Refuse)] == \
-        [(b1, Refusal.SUPERVISOR_STOPPING)]
-    out = b.feed(Arrive(99, "a", b.now))
-    assert [(x.rid, x.why.status) for x in out if isinstance(x, Refuse)] == [(99, 503)]
-    assert Drained() in b.feed(Drain()) + b.feed(Finish(a1))
+    assert b.admitted() == [a1, a2]
+    assert refused(b.feed(Close())) == [(b1, Refusal.SUPERVISOR_STOPPING)]
+    a4 = b.arrive("a")  # its handler had started before the listener closed
+    assert refused(b.feed(Arrive(50, "b", b.now))) == [(50, Refusal.SUPERVISOR_STOPPING)]
+    b.feed(PhaseChanged(Phase.HELD))  # the server is being stopped ...
+    assert b.feed(Drain()) == []  # ... after a drain: a3 and a4 still wait for their slots
+    b.feed(Finish(a1))
+    b.feed(Finish(a2))
+    assert b.admitted() == [a1, a2, a3, a4]
+    b.feed(Finish(a3))
+    assert b.feed(Finish(a4)) == [Drained()]
+    assert refused(b.feed(Arrive(51, "a", b.now))) == [(51, Refusal.SUPERVISOR_STOPPING)]
+    assert Refusal.SUPERVISOR_STOPPING.status == 503
+
+
+def test_a_stopping_supervisor_refuses_what_still_waits_when_the_server_goes() -> None:
+    """The drain timed out (or the server died): what waits is refused as stopping, not as
+    server-down, so its client asks the next daemon."""
+    b = Bench()
+    a1, a2, a3 = b.arrive("a"), b.arrive("a"), b.arrive("a")
+    b.feed(Close())
+    b.feed(Drain())
+    assert refused(b.feed(PhaseChanged(Phase.DOWN))) == [(a3, Refusal.SUPERVISOR_STOPPING)]
+    assert b.admitted() == [a1, a2]
+    assert refused(b.feed(Arrive(52, None, b.now))) == [(52, Refusal.SUPERVISOR_STOPPING)]
+
+
+def test_a_stopping_supervisor_refuses_a_request_for_a_model_not_yet_loaded() -> None:
+    b = Bench()
+    b.feed(PhaseChanged(Phase.OPEN, fresh=True))
+    b.feed(Close())
+    assert refused(b.feed(Arrive(53, "a", b.now))) == [(53, Refusal.SUPERVISOR_STOPPING)]
+    out = b.feed(Arrive(54, None, b.now))  # no model: passes while the server serves
+    assert [x.rid for x in out if isinstance(x, Admit)] == [54]
