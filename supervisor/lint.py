@@ -152,9 +152,7 @@ def localai_slots(options: Sequence[str], parallel: int, version: Version | None
 
 
 def _slots(options: Sequence[str], ctx: LintContext) -> int:
-    if ctx.engine is Engine.LOCALAI:
-        return localai_slots(options, ctx.parallel, ctx.engine_version)
-    return max(1, _option_parallel(options) or 1)
+    return slots_for(options, ctx.engine, ctx.parallel, ctx.engine_version)
 
 
 def _request_slots(options: Sequence[str], ctx: LintContext) -> int:
@@ -210,10 +208,17 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     per_slot = f.context_size // slots
     need = max(MIN_SLOT_CONTEXT, (f.max_tokens or 0) + PROMPT_ALLOWANCE)
     if per_slot < need:
-        unified = ("LocalAI before v4.3.0 does not unify the KV cache: "
-                   + _assumed(ctx.engine_version))
-        split = (f" split over {slots} parallel slots (LLAMACPP_PARALLEL / options parallel; "
-                 f"{unified})" if slots > 1 else "")
+        if ctx.engine is Engine.LOCALAI:
+            split = (f" split over {slots} parallel slots (LLAMACPP_PARALLEL / options "
+                     "parallel; LocalAI before v4.3.0 does not unify the KV cache: "
+                     f"{_assumed(ctx.engine_version)})")
+            finish = "and LocalAI still reports finish_reason \"stop\""
+        else:
+            split = (f" split over {slots} parallel slots (options parallel, without "
+                     "kv_unified:true)")
+            finish = ("and llama-server reports finish_reason \"length\" before max_tokens is "
+                      "reached")
+        split = split if slots > 1 else ""
         evidence = [f"context_size {f.context_size}", f"{slots} slot(s) per model ("
                     + (ctx.parallel_setting if _option_parallel(f.options) in (None, 1)
                        else "options parallel") + ")"]
@@ -223,8 +228,7 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
         out.append(Lint(
             "context-too-small", f.name, ("context_size",),
             f"about {per_slot} tokens per request{split}: answers will be cut off mid-sentence "
-            "when prompt + answer fill it, with no error (context shift is off), and LocalAI "
-            "still reports finish_reason \"stop\"",
+            f"when prompt + answer fill it, with no error (context shift is off), {finish}",
             f"raise context_size to at least {need * slots}"
             + (" or lower the parallel slots" if slots > 1 else ""),
             snippet=f"context_size: {need * slots}\n",
@@ -253,11 +257,13 @@ def _option(options: Sequence[str], name: str) -> str | None:
 
 def _kv_unified(options: Sequence[str], ctx: LintContext) -> bool:
     """All slots share one KV cache: LocalAI's default from v4.3.0 (``kv_unified:false``
-    turns it off); llama-server only with ``kv_unified:true``. Unknown version: split."""
+    turns it off; unknown version: split). llama-server (the preset carries both options):
+    with ``parallel:N`` only when ``kv_unified:true``; without, its automatic slot count
+    always unifies (b11434 logs ``kv_unified = 'true'`` even under ``kv_unified:false``)."""
     wanted = _option(options, "kv_unified")
     if ctx.engine is Engine.LOCALAI:
         return wanted != "false" and at_least(ctx.engine_version, 4, 3, 0, unknown=False)
-    return wanted == "true"
+    return wanted == "true" or _option_parallel(options) is None
 
 
 def parallel_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:

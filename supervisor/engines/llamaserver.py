@@ -40,6 +40,34 @@ _MAPPED_PARAMETERS = frozenset({
     "model", "temperature", "top_k", "top_p", "seed", "max_tokens", "batch", "repeat_penalty",
 })
 _LLAMA_BACKENDS = ("llama-cpp", "llama", "llama.cpp", "llama-cpp-fallback")
+# LocalAI's llama.cpp backend options (``options: ["name:value"]``) that llama-server has as
+# flags of the same meaning. The slots and the KV cache layout decide how context_size is
+# split per request, so they must be what runs: the lint and the gateway count with them.
+_MAPPED_OPTIONS = {"parallel": "parallel", "n_parallel": "parallel",
+                   "kv_unified": "kv-unified", "context_shift": "context-shift"}
+_BOOL_OPTIONS = frozenset({"kv_unified", "context_shift"})
+_TRUE = frozenset({"true", "1", "yes", "on", ""})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _mapped_options(options: list[str] | None) -> tuple[dict[str, object], list[str]]:
+    """The options llama-server can take (the last one of a name winning, as in LocalAI's
+    option loop), and the rest, by name, for ``engine.fields_dropped``."""
+    mapped: dict[str, object] = {}
+    dropped: list[str] = []
+    for opt in options or ():
+        name, _, raw = opt.partition(":")
+        name, value = name.strip(), raw.strip().lower()
+        flag = _MAPPED_OPTIONS.get(name)
+        if flag is None:
+            dropped.append(f"options.{name}")
+        elif name in _BOOL_OPTIONS and value in _TRUE | _FALSE:
+            mapped[flag] = value in _TRUE  # "kv-unified = false", as llama.cpp's presets say
+        elif name not in _BOOL_OPTIONS and re.fullmatch(r"[0-9]{1,6}", value) and int(value):
+            mapped[flag] = int(value)
+        else:
+            dropped.append(f"options.{name}")
+    return mapped, dropped
 
 
 def _ini_value(value: object) -> str:
@@ -79,6 +107,7 @@ def preset_options(entry: ModelEntry, models_dir: str) -> dict[str, str]:
         ("tensor-split", extra.get("tensor_split")),
     ]
     opts.update({k: v for k, v in mapping if v is not None})
+    opts.update(_mapped_options(entry.options)[0])
     if entry.mmap is False:
         opts["no-mmap"] = True
     if entry.mmlock:
@@ -91,7 +120,8 @@ def preset_options(entry: ModelEntry, models_dir: str) -> dict[str, str]:
 def dropped_fields(entry: ModelEntry) -> tuple[str, ...]:
     """Every key present in the entry that the preset cannot express."""
     present = set(entry.model_fields_set) | entry.extra_keys
-    dropped = sorted(k for k in present if k not in _MAPPED)
+    dropped = sorted(k for k in present if k not in _MAPPED and k != "options")
+    dropped += sorted(set(_mapped_options(entry.options)[1]))
     params = entry.parameters
     dropped += sorted(f"parameters.{k}" for k in set(params.model_fields_set)
                       | set(params.model_extra or {}) if k not in _MAPPED_PARAMETERS)

@@ -112,3 +112,36 @@ def test_doctor_offline_names_the_llama_server_build(tmp_path: Path,
                           capture_output=True, text=True, timeout=30, check=False)
     assert report["engine"] == "llama-server" and report["version_source"] == "program"
     assert f"version: {report['engine_version']}" in said.stdout + said.stderr
+
+
+def test_doctor_reports_a_live_answer_cut_at_the_slot_budget(make_process_supervised) -> None:
+    """Real llama-server, context_size 512 over options parallel:2 (256 tokens a request, the
+    preset carries parallel = 2; llama.cpp rounds a slot up to 256, so less would not be what
+    runs), greedy decoding: the smoke check's prompt takes 94 tokens
+    and its answer stops where the slot is full, well before smoke_max_tokens. llama-server
+    says finish_reason "length" there; LocalAI says "stop", which is why the verdict reads
+    the request budget, not finish_reason. doctor lists it live under answers cut off, with
+    the smoke check's numbers as evidence, beside the config finding that predicted it."""
+    sup = make_process_supervised({}, health={"smoke_interval": 0.5, "smoke_max_tokens": 200})
+    sup.config_file.write_text(
+        "- name: tiny-a\n  context_size: 512\n  options: ['parallel:2']\n"
+        "  parameters:\n    model: tiny-a.gguf\n    temperature: 0\n    seed: 1\n")
+    sup.start()
+    sup.wait_running()
+    status, body = http_json("POST", sup.server_url + "/v1/chat/completions",
+                             {"model": "tiny-a", "max_tokens": 1,
+                              "messages": [{"role": "user", "content": "hi"}]}, 30)
+    assert status == 200, body  # loaded: the smoke check asks loaded models only
+    st = sup.wait_for(lambda s: any(m["name"] == "tiny-a" and m["output_warning"]
+                                    for m in s["models"]), 30, "a smoke verdict for tiny-a")
+    warning = next(m["output_warning"] for m in st["models"] if m["name"] == "tiny-a")
+    # 94 + 162 = 256: the slot is what the preset asked for (parallel = 2), not the 512 of
+    # llama-server's automatic slots.
+    assert "cut off after 162 tokens: prompt (94) + answer filled the 256 tokens a request " \
+        "gets" in warning, warning
+    rc, report = doctor(sup, "tiny-a")
+    assert rc == 1 and report["live"] is True, report
+    codes = {f["code"]: f for f in report["findings"]}  # type: ignore[union-attr]
+    assert codes["smoke-cut-off"]["symptom"] == "answers cut off", codes
+    assert codes["context-too-small"]["symptom"] == "answers cut off", codes
+    assert "llama-server reports finish_reason \"length\"" in codes["context-too-small"]["message"]

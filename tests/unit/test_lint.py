@@ -177,11 +177,20 @@ def test_from_v4_3_the_kv_cache_is_unified_and_not_split_per_slot(
 
 
 def test_llama_server_splits_unless_kv_unified() -> None:
+    """The preset carries parallel and kv_unified; llama-server's automatic slot count (no
+    parallel option) always unifies (measured: n_slots 4, kv_unified 'true', n_ctx_slot = the
+    whole context, also under kv_unified:false)."""
     llama = LintContext(engine=Engine.LLAMA_SERVER)
-    assert codes(lint([facts(context_size=4095, options=("parallel:8",))], llama)) == [
-        "context-too-small"]
+    w = only(lint([facts(context_size=4095, options=("parallel:8",))], llama))
+    assert w.code == "context-too-small"
+    assert w.message.startswith("about 511 tokens per request split over 8 parallel slots "
+                                "(options parallel, without kv_unified:true)")
+    assert "llama-server reports finish_reason \"length\"" in w.message
+    assert "LocalAI" not in w.message
     assert lint([facts(context_size=4095, options=("parallel:8", "kv_unified:true"))],
                 llama) == []
+    for auto in ((), ("kv_unified:false",)):
+        assert lint([facts(context_size=1024, options=auto)], llama) == []
 
 
 def test_context_shift_on_means_no_cut_off() -> None:

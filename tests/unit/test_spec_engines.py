@@ -381,6 +381,15 @@ def test_preset_options_map_localai_fields_in_a_stable_order() -> None:
         ({"mmproj": ""}, {}),
         ({"mmproj": "p.gguf"}, {"mmproj": "/m/p.gguf"}),
         ({"parameters": {"temperature": 0}}, {"temp": "0.0"}),
+        # The backend options that decide how context_size is split per request, so the lint
+        # and the gateway count with what runs (the last one of a name wins, as in LocalAI).
+        ({"options": ["parallel:2"]}, {"parallel": "2"}),
+        ({"options": ["n_parallel:3", "parallel:4"]}, {"parallel": "4"}),
+        ({"options": ["kv_unified:true", "context_shift:false"]},
+         {"kv-unified": "true", "context-shift": "false"}),
+        ({"options": ["kv_unified", "context_shift:off"]},
+         {"kv-unified": "true", "context-shift": "false"}),
+        ({"options": ["parallel:0", "parallel:x", "kv_unified:maybe", "use_jinja:true"]}, {}),
     ],
     ids=repr,
 )
@@ -473,7 +482,9 @@ def test_llama_server_render_reports_dropped_fields(layout: Layout) -> None:
          ("parameters.mirostat", "parameters.typical_p")),
         ({"flash_attention": True, "mmproj": "p.gguf", "tensor_split": "1,1"}, ()),
         ({"template": {"use_tokenizer_template": True}, "options": ["parallel:2"]},
-         ("options", "template")),
+         ("template",)),
+        ({"options": ["parallel:x", "kv_unified:true", "use_jinja:true", "use_jinja:false"]},
+         ("options.parallel", "options.use_jinja")),
         ({"cutstrings": ["x"], "system_prompt": "be nice"}, ("cutstrings", "system_prompt")),
         ({"backend": "llama-cpp"}, ()),
         ({"backend": "llama"}, ()),
