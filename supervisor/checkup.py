@@ -58,8 +58,6 @@ def offline_findings(settings: Settings, version: Version | None,
     return found
 
 
-
-
 # `llama-server --version`: "version: 11434 (6f1b2f1d)", or for a build outside git (the
 # PyPI sdist) "version: 0.6.0-dev (build 0, commit unknown)".
 _LLAMA_VERSION = re.compile(r"^version: (.+)$", re.MULTILINE)
