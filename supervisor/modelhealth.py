@@ -189,22 +189,24 @@ def idle_for(samples: Sequence[tuple[float, float | None, int | None]], now: flo
     """Seconds the server has been idle, from (time, work counter, in-flight) samples.
 
     ``own_work`` is how much the supervisor's own probes may have added between samples;
-    more than that, or anything in flight, is user traffic. None: unknown (never idle).
+    more than that, or anything in flight, is user traffic. A sample whose work could not
+    be read (a model being swapped while its counters were asked for) counts as busy at
+    that moment: it must not make the server look idle, nor keep it "unknown" for as long
+    as the sample stays in the window (it did: a model failing one probe during a swap was
+    never probed again while the window lasted). None: unknown now (the latest reading is
+    missing, or there is none).
     """
-    if not samples:
+    if not samples or samples[-1][1] is None:
         return None
     last_busy: float | None = None
-    prev: tuple[float, float | None, int | None] | None = None
-    for sample in samples:
-        t, work, flight = sample
-        if work is None:
-            return None
-        busy = bool(flight)
-        if prev is not None and prev[1] is not None and work - prev[1] > own_work:
-            busy = True
+    prev_work: float | None = None
+    for t, work, flight in samples:
+        busy = bool(flight) or work is None or (
+            prev_work is not None and work - prev_work > own_work)
+        if work is not None:
+            prev_work = work
         if busy:
             last_busy = t
-        prev = sample
     start = samples[0][0]
     return now - (last_busy if last_busy is not None else start)
 

@@ -250,7 +250,12 @@ class ModelsOwner:
             return
         token = self._token
         self._schedule_smoke(token, now)
-        idle = None if self._swapping or self._gateway_busy else \
+        if self._swapping:
+            # A load test or its restore is swapping models: a probe now would find the
+            # model it swaps out going away and count that against it (seen: the model just
+            # load-tested failed its next probe while the restore evicted it).
+            return
+        idle = None if self._gateway_busy else \
             mh.idle_for(list(self._samples), now, PROBE_WORK)
         health = {n: r.health for n, r in self._records.items()
                   if not r.busy and n not in self._gateway_unloading}

@@ -17,6 +17,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from supervisor.effects import FORCED_STOP_SECONDS
+from supervisor.engines.base import Call
 from supervisor.policy import Restart, Start, State, Stop
 from supervisor.runtime import Instance
 from supervisor.status import OPENAPI_FILE, CommandResult, ReloadResult, render_openapi
@@ -492,6 +493,45 @@ async def test_a_changed_model_file_is_load_tested_again(tmp_path: Path) -> None
     for _ in range(24):
         await h.tick(5.0)
     assert h.prober.swaps[3:] == ["tiny-b", "tiny-a"], h.prober.swaps
+    await h.close()
+
+
+async def test_no_probe_while_a_load_test_swaps_models(tmp_path: Path) -> None:
+    """While the restore after tiny-b's load test swaps tiny-a back in (evicting tiny-b, whose
+    requests a real router then answers 500 "proxy error"), no model is probed: before,
+    tiny-b was probed then, counted failing for a swap the supervisor itself made."""
+    h = await two_models_on_a_router(tmp_path)
+    release = asyncio.Event()
+    during: list[str] = []
+    call = h.prober.call
+
+    async def slow_restore(c: Call, timeout: float) -> tuple[int, str]:
+        model = (c.body or {}).get("model")
+        if model == "tiny-a" and h.prober.resident == ["tiny-b"] and not release.is_set():
+            h.prober.resident = []  # tiny-b's child is being stopped
+            await release.wait()
+        elif not release.is_set() and h.prober.resident == [] and h.prober.swaps[-1:] == [
+                "tiny-b"]:
+            during.append(str(model))
+            return 500, "proxy error: Could not establish connection"
+        return await call(c, timeout)
+
+    h.prober.call = slow_restore  # type: ignore[method-assign]
+    for _ in range(8):
+        await h.tick(5.0)
+        if h.prober.swaps == ["tiny-a", "tiny-b"] and h.prober.resident == []:
+            break
+    assert h.prober.swaps == ["tiny-a", "tiny-b"] and h.prober.resident == [], h.prober.swaps
+    for _ in range(6):  # probes would be due every 2 s
+        await h.tick(2.5)
+    assert during == []
+    release.set()
+    for _ in range(4):
+        await h.tick(5.0)
+    assert h.prober.swaps == ["tiny-a", "tiny-b", "tiny-a"]
+    st = h.daemon.status()
+    assert {m.name: m.health.value for m in st.models} == {"tiny-a": "healthy",
+                                                            "tiny-b": "healthy"}
     await h.close()
 
 
