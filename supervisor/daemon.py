@@ -805,6 +805,8 @@ class Daemon:
         """Bounded stages: stop listening, detach (on_stop = leave), cancel tasks, close."""
         if self._watcher is not None:
             self._watcher.stop()
+        if self.gateway is not None:
+            self.gateway.seal()
         if close_servers is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(close_servers(), 5)

@@ -45,6 +45,7 @@ from .scheduler import (
     Refuse,
     Rules,
     Scheduler,
+    Seal,
     Tick,
     Unload,
     Unloaded,
@@ -316,6 +317,11 @@ class GatewayOwner:
         """The supervisor received its stop signal: refuse what waits and what comes (503,
         Retry-After 1, Connection: close), so clients ask again, of the next daemon."""
         self._step(Close())
+
+    def seal(self) -> None:
+        """The loop is ending: refuse what still waits now (with on_stop = leave the daemon
+        exits at once, and nothing would answer those requests)."""
+        self._step(Seal())
 
     def on_drain_request(self, msg: DrainRequest) -> None:
         now = self._clock()

@@ -137,6 +137,12 @@ class Close:
 
 
 @dataclass(frozen=True)
+class Seal:
+    """The supervisor's loop is ending (its stop is done, or it leaves the server running):
+    nothing more is admitted; what waits is refused ``supervisor-stopping`` at once."""
+
+
+@dataclass(frozen=True)
 class Tick:
     pass
 
@@ -146,7 +152,8 @@ class Configure:
     rules: Rules
 
 
-Event = Arrive | Finish | Leave | PhaseChanged | Unloaded | Drain | Close | Tick | Configure
+Event = (Arrive | Finish | Leave | PhaseChanged | Unloaded | Drain | Close | Seal | Tick
+         | Configure)
 
 
 # ---- actions ---------------------------------------------------------------------------------
@@ -274,6 +281,8 @@ class Scheduler:
             self.rules = event.rules
         elif isinstance(event, Close):
             self._closed = True
+        elif isinstance(event, Seal):
+            self._closed = self._sealed = True
         self._expire(now, out)
         if self._closed:
             self._dispatch_closing(now, out)

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from daemonkit import FakeClock, FakeProber, make_settings
+from daemonkit import FakeClock, FakeProber, Harness, make_settings
 
 from supervisor.engines.llamaserver import LlamaServerEngine
 from supervisor.gateway import (
@@ -19,6 +19,7 @@ from supervisor.gateway import (
 )
 from supervisor.modelconfig import load_model_set
 from supervisor.proxy import model_of
+from supervisor.scheduler import Refusal
 from supervisor.sockets import inherited_fd
 
 
@@ -62,6 +63,25 @@ async def test_the_hold_ends_on_the_housekeeping_tick_after_max_hold(tmp_path: P
     assert [r for r in range(1, 5) if replies[r].done()] == [1, 3]
 
 
+async def test_stopping_serves_what_waits_for_the_loaded_model_until_the_loop_ends(
+        tmp_path: Path) -> None:
+    """After the stop signal a request waiting for a slot of the loaded model still waits for
+    it (the drain serves it); when the loop ends before that (on_stop = leave exits at once),
+    the daemon seals the gateway and it is refused supervisor-stopping, not left hanging."""
+    gw, clock, _ = owner(tmp_path)
+    loop = asyncio.get_running_loop()
+    replies: dict[int, asyncio.Future[Ticket]] = {rid: loop.create_future() for rid in range(6)}
+    for rid in range(5):  # llama-server's automatic 4 slots: the fifth waits
+        gw.on_arrived(Arrived(rid, "a", clock(), replies[rid]))
+    gw.stopping()
+    assert [r for r in range(5) if replies[r].done()] == [0, 1, 2, 3]
+    assert all(replies[r].result().refusal is None for r in range(4))
+    gw.seal()
+    assert replies[4].result().refusal is Refusal.SUPERVISOR_STOPPING
+    gw.on_arrived(Arrived(5, "a", clock(), replies[5]))
+    assert replies[5].result().refusal is Refusal.SUPERVISOR_STOPPING
+
+
 def test_the_model_comes_from_json_multipart_or_query_and_only_for_inference() -> None:
     assert model_of("POST", "/v1/chat/completions", {}, "application/json",
                     b'{"model": "a", "messages": []}') == "a"
@@ -101,8 +121,6 @@ def test_the_memory_budget_is_the_setting_else_what_nvml_says(tmp_path: Path) ->
 
 async def test_per_request_messages_run_the_housekeeping_at_most_every_50_ms(
         tmp_path: Path) -> None:
-    from daemonkit import Harness
-
     from supervisor.daemon import HOT_HOUSEKEEPING_SECONDS
 
     h = Harness(tmp_path, make_settings(tmp_path, gateway=True))
@@ -143,3 +161,33 @@ async def test_an_unload_waits_until_no_probe_talks_to_the_model(tmp_path: Path)
             break
         await asyncio.sleep(0.01)
     assert [c.body for c in prober.calls if c.path == "/models/unload"] == [{"model": "a"}]
+
+
+async def test_with_on_stop_leave_the_daemon_refuses_what_waits_as_it_exits(
+        tmp_path: Path) -> None:
+    """on_stop = leave: the loop ends at the stop signal (the server keeps running for the
+    next daemon); a request still waiting for a slot is answered 503 supervisor-stopping as
+    the daemon closes, not left until its connection is dropped."""
+    import signal
+
+    from supervisor.settings import OnStop
+
+    base = make_settings(tmp_path, gateway=True)
+    settings = base.model_copy(update={"supervisor": base.supervisor.model_copy(
+        update={"on_stop": OnStop.LEAVE})})
+    h = Harness(tmp_path, settings)
+    await h.start()
+    await h.running()
+    loop = asyncio.get_running_loop()
+    replies: dict[int, asyncio.Future[Ticket]] = {rid: loop.create_future() for rid in range(5)}
+    for rid in range(5):  # tiny-a has llama-server's automatic 4 slots: the fifth waits
+        h.daemon.post(Arrived(rid, "tiny-a", h.clock(), replies[rid]))
+    await h.settle()
+    assert [r for r in range(5) if replies[r].done()] == [0, 1, 2, 3]
+    h.signal(signal.SIGTERM)
+    await h.settle()
+    await h.tick(0.1)
+    assert h.daemon.exit_code == 0 and not replies[4].done()
+    await h.close()
+    assert replies[4].result().refusal is Refusal.SUPERVISOR_STOPPING
+    assert h.runtime.terminated == []  # left running

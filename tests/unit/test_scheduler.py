@@ -26,6 +26,7 @@ from supervisor.scheduler import (
     Refuse,
     Rules,
     Scheduler,
+    Seal,
     Tick,
     Unload,
     Unloaded,
@@ -414,6 +415,16 @@ def test_a_stopping_supervisor_refuses_what_still_waits_when_the_server_goes() -
     assert refused(b.feed(PhaseChanged(Phase.DOWN))) == [(a3, Refusal.SUPERVISOR_STOPPING)]
     assert b.admitted() == [a1, a2]
     assert refused(b.feed(Arrive(52, None, b.now))) == [(52, Refusal.SUPERVISOR_STOPPING)]
+
+
+def test_sealed_nothing_is_admitted_and_what_waits_is_refused() -> None:
+    b = Bench()
+    a1, a2, a3 = b.arrive("a"), b.arrive("a"), b.arrive("a")
+    b.feed(Close())
+    assert refused(b.feed(Seal())) == [(a3, Refusal.SUPERVISOR_STOPPING)]
+    b.feed(Finish(a1))
+    assert b.admitted() == [a1, a2]
+    assert refused(b.feed(Arrive(60, None, b.now))) == [(60, Refusal.SUPERVISOR_STOPPING)]
 
 
 def test_a_stopping_supervisor_refuses_a_request_for_a_model_not_yet_loaded() -> None:
