@@ -420,19 +420,21 @@ class Scheduler:
                 return tuple(chosen)
         return None
 
+    def _fill_slots(self, model: str, now: float, out: list[Action]) -> None:
+        """Admit ``model``'s waiting requests, oldest first, while it has free slots."""
+        queue = self._queues.get(model)
+        while queue and self.in_flight[model] < self._slots(model):
+            self._admit(queue[0], now, out)
+
     def _dispatch_closing(self, now: float, out: list[Action]) -> None:
         """Closing: admit waiting requests for resident models as their slots free up, while
         the server serves or is being drained; no swaps."""
         if self._sealed or not (self.phase is Phase.OPEN or self._draining):
             return
-        for model in list(self._queues):
-            queue = self._queues[model]
-            if model is None:
-                while queue:
-                    self._admit(queue[0], now, out)
-            elif model in self.resident:
-                while queue and self.in_flight[model] < self._slots(model):
-                    self._admit(queue[0], now, out)
+        for rid in list(self._queues.get(None, ())):
+            self._admit(rid, now, out)
+        for model in list(self.resident):
+            self._fill_slots(model, now, out)
 
     def _dispatch(self, now: float, out: list[Action]) -> None:
         if self.phase is not Phase.OPEN:
@@ -447,11 +449,8 @@ class Scheduler:
                 if now >= max(arrived, self._turn.get(v, arrived)) + self.rules.max_hold:
                     closing.add(v)
         for model in list(self.resident):
-            if model in closing:
-                continue
-            queue = self._queues.get(model)
-            while queue and self.in_flight[model] < self._slots(model):
-                self._admit(queue[0], now, out)
+            if model not in closing:
+                self._fill_slots(model, now, out)
         if self._unloading is not None or head is None:
             return
         model, _ = head
@@ -469,9 +468,7 @@ class Scheduler:
             return
         self.resident[model] = now
         self._turn[model] = now
-        queue = self._queues[model]
-        while queue and self.in_flight[model] < self._slots(model):
-            self._admit(queue[0], now, out)
+        self._fill_slots(model, now, out)
         # Room for the next waiting model too (several resident): look again.
         if self._head() is not None:
             self._dispatch(now, out)
