@@ -38,9 +38,9 @@ class Rule:
 
 # Every rule doctor reports: the symptom it explains and the versions it applies to.
 RULES: Mapping[str, Rule] = {
-    "context-too-small": Rule(Symptom.CUT_OFF, "LocalAI before v4.3.0, or kv_unified:false (the "
-                              "context is split per slot); llama-server with parallel:N and "
-                              "without kv_unified:true"),
+    "context-too-small": Rule(Symptom.CUT_OFF, "LocalAI before v4.3.0 without kv_unified:true, "
+                              "or kv_unified:false (the context is split per slot); "
+                              "llama-server with parallel:N and without kv_unified:true"),
     "context-size-unset": Rule(Symptom.CUT_OFF, "LocalAI: 512 tokens up to v2.26; the trained "
                                "window v2.27-v4.6.0; capped at 8192 from v4.6.1"),
     "context-exceeds-training": Rule(Symptom.CUT_OFF, "every version"),

@@ -39,7 +39,7 @@ _ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _INPUT_FIELD = re.compile(r"(?<![\w)\]])\$?\.Input\b")
 # std::stoi as LocalAI's backend reads LLAMACPP_PARALLEL: leading blanks, a sign, digits.
 _STOI = re.compile(r"\s*([+-]?[0-9]{1,9})(?![0-9])")
-_PARALLEL_OPTIONS = ("parallel", "n_parallel")
+PARALLEL_OPTIONS = ("parallel", "n_parallel")
 # LocalAI v3.10.0+ with one active backend: a busy model is skipped and the request for
 # another waits this many 1 s retries, then loads it beside (LOCALAI_LRU_EVICTION_*).
 LRU_EVICTION_RETRIES = 30
@@ -129,14 +129,35 @@ class ModelFacts:
     f16: bool = False
 
 
-def _option_parallel(options: Sequence[str]) -> int | None:
+def option_parallel(options: Sequence[str]) -> int | None:
     """The model's ``parallel:N`` (or ``n_parallel:N``) option; the last readable one wins,
     as in the backend's option loop."""
     found = None
     for opt in options:
         key, _, value = opt.partition(":")
-        if key.strip() in _PARALLEL_OPTIONS and re.fullmatch(r"[0-9]{1,6}", value.strip()):
+        if key.strip() in PARALLEL_OPTIONS and re.fullmatch(r"[0-9]{1,6}", value.strip()):
             found = int(value)
+    return found
+
+
+# The words LocalAI's llama.cpp backend reads a boolean option by (grpc-server.cpp, the option
+# loop: an option with no value is "true"); any other value leaves the setting as it was.
+_OPTION_TRUE = frozenset({"true", "1", "yes", "on", "enabled"})
+_OPTION_FALSE = frozenset({"false", "0", "no", "off", "disabled"})
+# Options that decide how a model's context is split per request, by their names there.
+KV_UNIFIED_OPTIONS = ("kv_unified", "unified_kv")
+CONTEXT_SHIFT_OPTIONS = ("context_shift",)
+
+
+def option_flag(options: Sequence[str], names: Sequence[str]) -> bool | None:
+    """A boolean backend option as LocalAI's llama.cpp backend reads it: the last one with a
+    word it knows wins; None when there is none."""
+    found = None
+    for opt in options:
+        key, _, value = opt.partition(":")
+        word = value.strip().lower() or "true"
+        if key.strip() in names and word in _OPTION_TRUE | _OPTION_FALSE:
+            found = word in _OPTION_TRUE
     return found
 
 
@@ -145,7 +166,7 @@ def localai_slots(options: Sequence[str], parallel: int, version: Version | None
     when unknown): ``options: parallel:N`` when N is not 1, else LLAMACPP_PARALLEL, which
     applies whenever the model's parallel is 1, so it overrides an explicit ``parallel:1``.
     Before v3.8.0 the backend reads no parallel option: LLAMACPP_PARALLEL alone."""
-    wanted = _option_parallel(options)
+    wanted = option_parallel(options)
     if wanted is not None and wanted != 1 and at_least(version, 3, 8, 0, unknown=True):
         return max(1, wanted)
     return max(1, parallel)
@@ -202,7 +223,7 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
             "context-exceeds-training", f.name, ("context_size",),
             f"context_size {f.context_size} exceeds the model's trained context {trained}: "
             "output degrades past it", f"set context_size to at most {trained}"))
-    if _option(f.options, "context_shift") == "true":
+    if option_flag(f.options, CONTEXT_SHIFT_OPTIONS):
         return out  # the backend drops old tokens instead of stopping: no cut-off
     slots = _request_slots(f.options, ctx)
     per_slot = f.context_size // slots
@@ -220,7 +241,7 @@ def context_rules(f: ModelFacts, ctx: LintContext) -> list[Lint]:
                       "reached")
         split = split if slots > 1 else ""
         evidence = [f"context_size {f.context_size}", f"{slots} slot(s) per model ("
-                    + (ctx.parallel_setting if _option_parallel(f.options) in (None, 1)
+                    + (ctx.parallel_setting if option_parallel(f.options) in (None, 1)
                        else "options parallel") + ")"]
         if trained:
             evidence.append(f"GGUF {f.gguf.architecture if f.gguf else ''}.context_length "
@@ -245,30 +266,22 @@ def request_budget(context_size: int | None, options: Sequence[str],
     return context_size // _request_slots(options, ctx)
 
 
-def _option(options: Sequence[str], name: str) -> str | None:
-    """A backend option's value (``name:value``), the last one winning; None when unset."""
-    found = None
-    for opt in options:
-        key, _, value = opt.partition(":")
-        if key.strip() == name:
-            found = value.strip().lower() or "true"
-    return found
-
-
 def _kv_unified(options: Sequence[str], ctx: LintContext) -> bool:
-    """All slots share one KV cache: LocalAI's default from v4.3.0 (``kv_unified:false``
-    turns it off; unknown version: split). llama-server (the preset carries both options):
-    with ``parallel:N`` only when ``kv_unified:true``; without, its automatic slot count
-    always unifies (b11434 logs ``kv_unified = 'true'`` even under ``kv_unified:false``)."""
-    wanted = _option(options, "kv_unified")
+    """All slots share one KV cache: LocalAI's default from v4.3.0 (unknown version: split),
+    and what ``kv_unified`` says on any version that reads it (v3.9.0+, 2387b266d).
+    llama-server (the preset carries both options): with ``parallel:N`` only when
+    ``kv_unified:true``; without, its automatic slot count always unifies (b11434 logs
+    ``kv_unified = 'true'`` even under ``kv_unified:false``)."""
+    wanted = option_flag(options, KV_UNIFIED_OPTIONS)
     if ctx.engine is Engine.LOCALAI:
-        return wanted != "false" and at_least(ctx.engine_version, 4, 3, 0, unknown=False)
-    return wanted == "true" or _option_parallel(options) is None
+        return wanted if wanted is not None else at_least(ctx.engine_version, 4, 3, 0,
+                                                          unknown=False)
+    return wanted is True or not option_parallel(options)  # none or 0: automatic
 
 
 def parallel_rule(f: ModelFacts, ctx: LintContext) -> list[Lint]:
     """An ``options: parallel:N`` that LocalAI does not follow."""
-    wanted = _option_parallel(f.options)
+    wanted = option_parallel(f.options)
     if ctx.engine is not Engine.LOCALAI or wanted is None:
         return []
     v, env, setting = ctx.engine_version, max(1, ctx.parallel), ctx.parallel_setting
@@ -540,7 +553,7 @@ def slots_for(options: Sequence[str], engine: Engine, parallel: int,
     options parallel:N, else its own default."""
     if engine is Engine.LOCALAI:
         return localai_slots(options, parallel, version)
-    return max(1, _option_parallel(options) or LLAMA_SERVER_DEFAULT_SLOTS)
+    return max(1, option_parallel(options) or LLAMA_SERVER_DEFAULT_SLOTS)
 
 
 def _need(m: ModelFacts) -> int:

@@ -13,6 +13,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from ..lint import (
+    CONTEXT_SHIFT_OPTIONS,
+    KV_UNIFIED_OPTIONS,
+    PARALLEL_OPTIONS,
+    option_flag,
+    option_parallel,
+)
 from ..modelconfig import ModelEntry, ModelSet
 from ..settings import Engine, Settings
 from ..versions import Version
@@ -41,31 +48,30 @@ _MAPPED_PARAMETERS = frozenset({
 })
 _LLAMA_BACKENDS = ("llama-cpp", "llama", "llama.cpp", "llama-cpp-fallback")
 # LocalAI's llama.cpp backend options (``options: ["name:value"]``) that llama-server has as
-# flags of the same meaning. The slots and the KV cache layout decide how context_size is
-# split per request, so they must be what runs: the lint and the gateway count with them.
-_MAPPED_OPTIONS = {"parallel": "parallel", "n_parallel": "parallel",
-                   "kv_unified": "kv-unified", "context_shift": "context-shift"}
-_BOOL_OPTIONS = frozenset({"kv_unified", "context_shift"})
-_TRUE = frozenset({"true", "1", "yes", "on", ""})
-_FALSE = frozenset({"false", "0", "no", "off"})
+# flags of the same meaning, read as the lint reads them (it counts the slots and the KV cache
+# layout with them, and so does the gateway): they must be what runs.
+_FLAG_OPTIONS = ((KV_UNIFIED_OPTIONS, "kv-unified"), (CONTEXT_SHIFT_OPTIONS, "context-shift"))
 
 
 def _mapped_options(options: list[str] | None) -> tuple[dict[str, object], list[str]]:
-    """The options llama-server can take (the last one of a name winning, as in LocalAI's
-    option loop), and the rest, by name, for ``engine.fields_dropped``."""
+    """The options llama-server can take, and the rest by name (one it has no flag for, or
+    with a value the backend would not read), for ``engine.fields_dropped``."""
+    opts = options or []
     mapped: dict[str, object] = {}
-    dropped: list[str] = []
-    for opt in options or ():
-        name, _, raw = opt.partition(":")
-        name, value = name.strip(), raw.strip().lower()
-        flag = _MAPPED_OPTIONS.get(name)
-        if flag is None:
-            dropped.append(f"options.{name}")
-        elif name in _BOOL_OPTIONS and value in _TRUE | _FALSE:
-            mapped[flag] = value in _TRUE  # "kv-unified = false", as llama.cpp's presets say
-        elif name not in _BOOL_OPTIONS and re.fullmatch(r"[0-9]{1,6}", value) and int(value):
-            mapped[flag] = int(value)
+    if parallel := option_parallel(opts):  # 0: llama-server's automatic slots, as unset
+        mapped["parallel"] = parallel
+    for names, flag in _FLAG_OPTIONS:
+        if (value := option_flag(opts, names)) is not None:
+            mapped[flag] = value  # "kv-unified = false", as llama.cpp's presets say
+    dropped = []
+    for opt in opts:
+        name = opt.partition(":")[0].strip()
+        if name in PARALLEL_OPTIONS:
+            carried = bool(option_parallel([opt]))
         else:
+            carried = any(name in names and option_flag([opt], names) is not None
+                          for names, _ in _FLAG_OPTIONS)
+        if not carried:
             dropped.append(f"options.{name}")
     return mapped, dropped
 

@@ -169,6 +169,11 @@ def test_context_too_small_split_over_parallel_slots() -> None:
     (None, (), True), ("v4.2.0", (), True),                 # split: 511 tokens per request
     ("v4.3.0", (), False), ("v4.9.0", (), False),          # one KV cache shared by the slots
     ("v4.9.0", ("kv_unified:false",), True),
+    # The words LocalAI's llama.cpp backend reads (grpc-server.cpp), its alias, the last wins.
+    ("v4.9.0", ("kv_unified:0",), True), ("v4.9.0", ("unified_kv:disabled",), True),
+    ("v4.9.0", ("kv_unified:off", "kv_unified:maybe"), True),
+    ("v4.2.0", ("kv_unified:on",), False), ("v4.2.0", ("unified_kv",), False),
+    ("v4.9.0", ("kv_unified:no", "kv_unified:enabled"), False),
 ])
 def test_from_v4_3_the_kv_cache_is_unified_and_not_split_per_slot(
         version: str | None, options: tuple[str, ...], split: bool) -> None:

@@ -390,6 +390,9 @@ def test_preset_options_map_localai_fields_in_a_stable_order() -> None:
         ({"options": ["kv_unified", "context_shift:off"]},
          {"kv-unified": "true", "context-shift": "false"}),
         ({"options": ["parallel:0", "parallel:x", "kv_unified:maybe", "use_jinja:true"]}, {}),
+        # Read with LocalAI's own words and alias, as the lint reads them.
+        ({"options": ["unified_kv:enabled", "context_shift:disabled", "parallel:2",
+                      "parallel:0"]}, {"kv-unified": "true", "context-shift": "false"}),
     ],
     ids=repr,
 )
@@ -485,6 +488,8 @@ def test_llama_server_render_reports_dropped_fields(layout: Layout) -> None:
          ("template",)),
         ({"options": ["parallel:x", "kv_unified:true", "use_jinja:true", "use_jinja:false"]},
          ("options.parallel", "options.use_jinja")),
+        ({"options": ["parallel:0", "unified_kv:on", "context_shift:maybe"]},
+         ("options.context_shift", "options.parallel")),
         ({"cutstrings": ["x"], "system_prompt": "be nice"}, ("cutstrings", "system_prompt")),
         ({"backend": "llama-cpp"}, ()),
         ({"backend": "llama"}, ()),
